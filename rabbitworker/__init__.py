@@ -1,0 +1,24 @@
+"""rabbitworker: typed background work over RabbitMQ."""
+
+from .__about__ import __version__
+from .app import App, call, publish, submit
+from .context import Context
+from .errors import Reject, Retry
+from .message import TaskMessage
+from .middleware import Middleware
+from .retry import RetryPolicy, exponential
+
+__all__ = [
+    "App",
+    "Context",
+    "Middleware",
+    "Reject",
+    "Retry",
+    "RetryPolicy",
+    "TaskMessage",
+    "__version__",
+    "call",
+    "exponential",
+    "publish",
+    "submit",
+]

@@ -1,0 +1,162 @@
+"""Every exception rabbitworker raises, under one root, and the one place where
+aio-pika and aiormq errors are translated into them.
+
+::
+
+    RabbitWorkerError
+     ├─ ConfigurationError           bad settings, unknown app path, duplicate handler
+     ├─ BrokerError
+     │   ├─ ConnectionFailed
+     │   └─ PublishError
+     │       ├─ UnroutableError      no queue bound for the routing key
+     │       ├─ NotConfirmed         broker nacked or timed out
+     │       └─ MessageTooLarge      body over the configured maximum
+     ├─ DecodeError                  body is not valid JSON or fails validation
+ │   └─ UnknownMessageType       no handler for the message's type on that queue
+     ├─ RPCError
+     │   ├─ RPCTimeout
+     │   └─ RemoteError              the handler raised; carries remote type and message
+     ├─ Retry(delay=None)            raised by a handler: retry now or after delay
+     └─ Reject(reason)               raised by a handler: dead-letter at once, no retries
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import aiormq.exceptions
+
+__all__ = [
+    "BrokerError",
+    "ConfigurationError",
+    "ConnectionFailed",
+    "DecodeError",
+    "MessageTooLarge",
+    "NotConfirmed",
+    "PublishError",
+    "RPCError",
+    "RPCTimeout",
+    "RabbitWorkerError",
+    "Reject",
+    "RemoteError",
+    "Retry",
+    "UnknownMessageType",
+    "UnroutableError",
+    "translate_broker_errors",
+]
+
+
+class RabbitWorkerError(Exception):
+    """Root of every rabbitworker exception."""
+
+
+class ConfigurationError(RabbitWorkerError):
+    """Bad settings, an app path that does not import, a duplicate handler."""
+
+
+class BrokerError(RabbitWorkerError):
+    """The broker could not be reached or refused an operation."""
+
+
+class ConnectionFailed(BrokerError):
+    """No connection to the broker, or it was lost."""
+
+
+class PublishError(BrokerError):
+    """A message was not accepted by the broker."""
+
+
+class UnroutableError(PublishError):
+    """No queue is bound for the message's routing key, so the broker returned it."""
+
+
+class NotConfirmed(PublishError):
+    """The broker nacked the message, or did not confirm it in time."""
+
+
+class MessageTooLarge(PublishError):
+    """The encoded message is larger than the configured maximum."""
+
+
+class DecodeError(RabbitWorkerError):
+    """A body that is not valid JSON or does not validate as the message type.
+
+    Keeps the raw bytes so nothing about the bad message is lost.
+    """
+
+    def __init__(self, message: str, *, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class UnknownMessageType(DecodeError):
+    """A delivery whose type (routing key) has no handler on the queue it came from."""
+
+
+class RPCError(RabbitWorkerError):
+    """An RPC call did not produce a reply."""
+
+
+class RPCTimeout(RPCError, TimeoutError):
+    """No reply arrived within the timeout."""
+
+
+class RemoteError(RPCError):
+    """The remote handler raised; `remote_type` and `remote_message` say what."""
+
+    def __init__(self, remote_type: str, remote_message: str) -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+
+
+class Retry(RabbitWorkerError):
+    """Raised by a handler: try the message again, now or after `delay` seconds.
+
+    Counts as an attempt; after the last attempt the message is dead-lettered.
+    """
+
+    def __init__(
+        self, delay: float | timedelta | None = None, reason: str = "retry requested"
+    ) -> None:
+        super().__init__(reason)
+        self.delay = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        self.reason = reason
+
+
+class Reject(RabbitWorkerError):
+    """Raised by a handler: dead-letter the message at once, with `reason`, no retries."""
+
+    def __init__(self, reason: str = "rejected") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@contextmanager
+def translate_broker_errors(what: str) -> Iterator[None]:
+    """Map aio-pika/aiormq exceptions raised inside the block to rabbitworker errors.
+
+    This is the one boundary where client-library exceptions are translated.
+    """
+    try:
+        yield
+    except RabbitWorkerError:
+        raise
+    except aiormq.exceptions.PublishError as exc:
+        frame = getattr(exc, "frame", None)
+        key = getattr(frame, "routing_key", "?")
+        raise UnroutableError(f"{what}: no queue is bound for routing key {key!r}") from exc
+    except aiormq.exceptions.DeliveryError as exc:
+        raise NotConfirmed(f"{what}: the broker did not confirm the message") from exc
+    except TimeoutError as exc:
+        raise NotConfirmed(f"{what}: timed out waiting for the broker") from exc
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise ConnectionFailed(f"{what}: authentication failed") from exc
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigurationError(f"{what}: {exc}") from exc
+    except aiormq.exceptions.AMQPError as exc:
+        raise ConnectionFailed(f"{what}: {exc}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise ConnectionFailed(f"{what}: {exc}") from exc

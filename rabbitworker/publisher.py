@@ -1,0 +1,178 @@
+"""Confirmed publishing: the wire encoding of a message, mandatory publishes with
+publisher confirms, and delayed publishing through broker-side delay queues."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from .errors import MessageTooLarge, UnroutableError, translate_broker_errors
+from .message import TaskMessage
+from .topology import (
+    DELAY_HEADER,
+    DELAY_REDECLARE_S,
+    QueueSpec,
+    QueueType,
+    declare_queue,
+    delay_exchange_name,
+    delay_queue_spec,
+    quantize_delay_ms,
+)
+
+__all__ = ["Publisher", "build_message"]
+
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+
+
+def build_message(
+    body: bytes,
+    *,
+    routing_key: str,
+    headers: Mapping[str, Any] | None = None,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+) -> aio_pika.Message:
+    """An AMQP message in rabbitworker's wire format (see the README's table)."""
+    all_headers: dict[str, Any] = {"x-attempt": 1}
+    if headers:
+        all_headers.update(headers)
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        type=routing_key,
+        message_id=message_id or str(uuid.uuid4()),
+        timestamp=datetime.now(UTC),
+        delivery_mode=PERSISTENT,
+        headers=all_headers,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+    )
+
+
+class Publisher:
+    """Publishes on one channel opened with publisher confirms and returns raised.
+
+    Every publish is `mandatory`: a message no queue is bound for raises
+    `UnroutableError`; a nack or a missing confirm raises `NotConfirmed`.
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        exchange: str,
+        *,
+        queue_type: QueueType,
+        timeout: float,
+        max_message_size: int,
+        is_bound: Callable[[str], bool],
+    ) -> None:
+        self.channel = channel
+        self.exchange_name = exchange
+        self.queue_type = queue_type
+        self.timeout = timeout
+        self.max_message_size = max_message_size
+        self.is_bound = is_bound
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._declared: dict[str, float] = {}
+        self._declare_lock = asyncio.Lock()
+
+    async def exchange(self, name: str) -> AbstractExchange:
+        try:
+            return self._exchanges[name]
+        except KeyError:
+            if name == "":
+                ex = self.channel.default_exchange
+            else:
+                ex = await self.channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = ex
+            return ex
+
+    async def send(
+        self,
+        exchange: str,
+        routing_key: str,
+        message: aio_pika.Message,
+        *,
+        mandatory: bool = True,
+    ) -> None:
+        """Publish a built message and wait for the broker's confirm."""
+        if len(message.body) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(message.body)} bytes is over the maximum of "
+                f"{self.max_message_size} (max_message_size)"
+            )
+        ex = self._exchanges.get(exchange) or await self.exchange(exchange)
+        with translate_broker_errors(f"publish to {exchange or '(default)'}/{routing_key}"):
+            await ex.publish(message, routing_key, mandatory=mandatory, timeout=self.timeout)
+
+    async def publish(
+        self,
+        msg: TaskMessage[Any],
+        *,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+        reply_to: str | None = None,
+    ) -> str:
+        """Publish a typed message; returns its message id once the broker confirmed."""
+        key = type(msg).routing_key
+        if not key:
+            raise UnroutableError(f"{type(msg).__name__} declares no routing_key")
+        message = build_message(
+            msg.model_dump_json().encode(),
+            routing_key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+        )
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if seconds and seconds > 0:
+            await self.send_delayed(message, key, quantize_delay_ms(seconds))
+        else:
+            await self.send(self.exchange_name, key, message)
+        return message.message_id or ""
+
+    async def send_delayed(
+        self, message: aio_pika.Message, routing_key: str, delay_ms: int
+    ) -> None:
+        """Park a message in a delay queue; it reaches the topic exchange on expiry.
+
+        The broker cannot tell at this point whether the routing key will be
+        routable later, so it is checked against the app's own bindings.
+        """
+        if not self.is_bound(routing_key):
+            raise UnroutableError(
+                f"delayed publish: no queue of this app is bound for routing key {routing_key!r}"
+            )
+        spec = delay_queue_spec(self.exchange_name, delay_ms, self.queue_type)
+        await self.ensure_queue(spec)
+        assert message.headers is not None
+        message.headers[DELAY_HEADER] = str(delay_ms)
+        await self.send(delay_exchange_name(self.exchange_name), routing_key, message)
+
+    async def ensure_queue(self, spec: QueueSpec) -> None:
+        """Declare an expiring delay or retry queue if not declared recently.
+
+        Redeclaring resets its expiry timer, so it cannot expire while in use.
+        """
+        last = self._declared.get(spec.name)
+        now = time.monotonic()
+        if last is not None and now - last < DELAY_REDECLARE_S:
+            return
+        async with self._declare_lock:
+            with translate_broker_errors(f"declare {spec.name}"):
+                await declare_queue(self.channel, spec)
+            self._declared[spec.name] = now
+
+    def forget_queue(self, name: str) -> None:
+        self._declared.pop(name, None)

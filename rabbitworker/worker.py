@@ -1,0 +1,443 @@
+"""The worker: one consumer per queue with its own prefetch, a shared concurrency
+limit, ack only after the handler and every follow-up publish, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from .app import App, Handler
+from .context import Context
+from .errors import (
+    ConfigurationError,
+    DecodeError,
+    MessageTooLarge,
+    RabbitWorkerError,
+    UnknownMessageType,
+)
+from .message import decode_body, encode_reply
+from .middleware import Outcome
+from .publisher import PERSISTENT
+from .rpc import RPC_RETRY_HEADER, RPC_STATUS_HEADER, error_reply_body
+from .topology import (
+    dead_letter_exchange_name,
+    retry_exchange_name,
+    retry_queue_name,
+    retry_queue_spec,
+)
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("rabbitworker.worker")
+
+# Headers the broker manages; a copy we publish starts without them.
+_BROKER_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+    }
+)
+MAX_ERROR_MESSAGE = 2000
+
+
+class HandlerTimeout(TimeoutError):
+    """A handler ran past its task's `timeout=`."""
+
+
+class Worker:
+    """Consumes the given queues of an app and runs their handlers.
+
+    `concurrency` bounds the handlers running at once across all queues; `prefetch`
+    bounds the unacknowledged deliveries per queue.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        prefetch: int | None = None,
+        grace: float | None = None,
+    ) -> None:
+        self.app = app
+        self.app.configure(concurrency=concurrency, prefetch=prefetch, grace=grace)
+        settings = app.settings
+        self.queues = list(queues) if queues else app.queues
+        unknown = [q for q in self.queues if q not in app.handlers]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown queue(s) {', '.join(unknown)}; app {app.name!r} has: "
+                f"{', '.join(app.queues) or '(none)'}"
+            )
+        self.concurrency = settings.concurrency
+        self.prefetch = settings.prefetch
+        self.grace = settings.grace
+        self.max_message_size = settings.max_message_size
+        self._limit = asyncio.Semaphore(self.concurrency)
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._channels: list[AbstractChannel] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopping = asyncio.Event()
+        self._forced = False
+        self.handled = 0
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, declare the topology and start consuming every queue."""
+        await self.app.connect()
+        assert self.app.connection is not None
+        if any(not h.is_async for q in self.queues for h in self.app.handlers[q].values()):
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.concurrency, thread_name_prefix="rabbitworker-sync"
+            )
+        for middleware in self.app.middleware:
+            await middleware.on_worker_start()
+        for name in self.queues:
+            channel = await self.app.connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self.prefetch)
+            queue = await channel.get_queue(name, ensure=False)
+            tag = await queue.consume(functools.partial(self._on_message, name))
+            self._channels.append(channel)
+            self._consumers.append((queue, tag))
+        log.info(
+            "worker consuming %s (prefetch %d, concurrency %d)",
+            ", ".join(self.queues),
+            self.prefetch,
+            self.concurrency,
+        )
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        """Run until `stop()` or SIGTERM/SIGINT, then drain and close."""
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            try:
+                await self.shutdown()
+            finally:
+                if handle_signals:
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        # A second SIGINT (Ctrl-C twice) forces a quick exit; SIGTERM only drains.
+        if self._stopping.is_set() and sig == signal.SIGINT:
+            log.warning(
+                "second %s: stopping now, unfinished messages go back to the queue", sig.name
+            )
+            self._forced = True
+            for task in list(self._inflight):
+                task.cancel()
+            return
+        if not self._stopping.is_set():
+            log.info("%s received: draining (grace %g s)", sig.name, self.grace)
+        self._stopping.set()
+
+    def stop(self) -> None:
+        """Ask a running worker to drain and stop."""
+        self._stopping.set()
+
+    async def shutdown(self) -> None:
+        """Stop consuming, let in-flight handlers finish within the grace period,
+        hand the rest back unacknowledged, and close."""
+        self._stopping.set()
+        for queue, tag in self._consumers:
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag)
+        self._consumers.clear()
+        pending = set(self._inflight)
+        drained = len(pending)
+        if pending and not self._forced:
+            _, pending = await asyncio.wait(pending, timeout=self.grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        log.info(
+            "worker stopped: %d in flight finished, %d handed back to the broker",
+            drained - len(pending),
+            len(pending),
+        )
+        for middleware in reversed(self.app.middleware):
+            with contextlib.suppress(Exception):
+                await middleware.on_worker_stop()
+        for channel in self._channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._channels.clear()
+        await self.app.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- one delivery -------------------------------------------------------
+
+    async def _on_message(self, queue: str, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            async with self._limit:
+                await self._process(queue, message)
+        finally:
+            self._inflight.discard(task)
+
+    async def _process(self, queue: str, message: AbstractIncomingMessage) -> None:
+        headers = dict(message.headers or {})
+        message_type = message.type or message.routing_key or ""
+        handler = self.app.handlers[queue].get(message_type)
+        reply_to = message.reply_to
+        ctx = Context(
+            app=self.app,
+            queue=queue,
+            routing_key=message_type,
+            message_id=message.message_id or "",
+            attempt=_attempt(headers),
+            headers=headers,
+            retry_policy=self.app.policy_for(handler) if handler else self.app.default_retry,
+            correlation_id=message.correlation_id,
+            reply_to=reply_to,
+            redelivered=bool(message.redelivered),
+            rpc_retry=bool(headers.get(RPC_RETRY_HEADER)),
+        )
+        try:
+            if handler is None:
+                raise UnknownMessageType(
+                    f"no handler for message type {message_type!r} on queue {queue!r}",
+                    body=message.body,
+                )
+            if len(message.body) > self.max_message_size:
+                raise MessageTooLarge(
+                    f"message of {len(message.body)} bytes is over the maximum of "
+                    f"{self.max_message_size}"
+                )
+            msg = decode_body(handler.message_type, message.body)
+        except RabbitWorkerError as exc:
+            log.error("message %s on %s cannot be handled: %s", ctx.message_id, queue, exc)
+            await self._settle(ctx, message, Outcome.dead_letter(exc), None)
+            return
+        await self._run(handler, msg, ctx, message)
+
+    async def _run(
+        self, handler: Handler, msg: Any, ctx: Context, message: AbstractIncomingMessage
+    ) -> None:
+        middleware = self.app.middleware
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            for m in middleware:
+                await m.before_process(ctx)
+            if ctx.outcome is None:
+                result = await self._call(handler, msg, ctx)
+        except Exception as exc:
+            error = exc
+        if ctx.outcome is None:
+            ctx.outcome = Outcome.ack() if error is None else Outcome.dead_letter(error)
+        for m in reversed(middleware):
+            try:
+                await m.after_process(ctx, result, error)
+            except Exception:
+                log.exception(
+                    "middleware %s failed on message %s", type(m).__name__, ctx.message_id
+                )
+        await self._settle(ctx, message, ctx.outcome, result)
+
+    async def _call(self, handler: Handler, msg: Any, ctx: Context) -> Any:
+        args = (msg, ctx) if handler.takes_context else (msg,)
+        timeout = handler.timeout
+        if handler.is_async:
+            if timeout is None:
+                return await handler.fn(*args)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await handler.fn(*args)
+            except TimeoutError:
+                raise HandlerTimeout(
+                    f"{handler.name} ran past its timeout of {timeout:g} s"
+                ) from None
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, functools.partial(handler.fn, *args))
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            log.warning(
+                "sync handler %s passed its timeout of %g s on message %s; its thread is "
+                "abandoned and keeps running",
+                handler.name,
+                timeout,
+                ctx.message_id,
+            )
+            raise HandlerTimeout(f"{handler.name} ran past its timeout of {timeout:g} s") from None
+
+    async def _settle(
+        self, ctx: Context, message: AbstractIncomingMessage, outcome: Outcome, result: Any
+    ) -> None:
+        """Publish what the outcome needs, wait for the confirms, then ack."""
+        try:
+            if outcome.kind == "ack":
+                if ctx.reply_to:
+                    await self._reply(ctx, encode_reply(result), "ok")
+            elif outcome.kind == "retry":
+                await self._retry(ctx, message, outcome)
+            else:
+                assert outcome.error is not None
+                if ctx.reply_to:
+                    await self._reply(ctx, error_reply_body(outcome.error), "error")
+                await self._dead_letter(ctx, message, outcome.error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The message stays ours until acked; hand it back so nothing is lost.
+            # On a quorum queue the delivery limit stops this from looping forever.
+            log.error(
+                "message %s on %s: follow-up publish failed (%s); returning it to the queue",
+                ctx.message_id,
+                ctx.queue,
+                exc,
+            )
+            await asyncio.sleep(1.0)
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return
+        self.handled += 1
+        try:
+            await message.ack()
+        except Exception as exc:
+            log.warning(
+                "message %s on %s: ack failed (%s); the broker will deliver it again",
+                ctx.message_id,
+                ctx.queue,
+                exc,
+            )
+
+    async def _reply(self, ctx: Context, body: bytes, status: str) -> None:
+        assert ctx.reply_to is not None
+        reply = aio_pika.Message(
+            body,
+            content_type="application/json",
+            correlation_id=ctx.correlation_id,
+            headers={RPC_STATUS_HEADER: status},
+        )
+        # The caller may have gone away; an undeliverable reply is not an error.
+        await self.app.publisher.send("", ctx.reply_to, reply, mandatory=False)
+
+    def _copy(
+        self, ctx: Context, message: AbstractIncomingMessage, extra: dict[str, Any]
+    ) -> aio_pika.Message:
+        headers = {k: v for k, v in ctx.headers.items() if k not in _BROKER_HEADERS}
+        headers.setdefault("x-original-routing-key", _original_routing_key(message, ctx.headers))
+        headers.update(extra)
+        return aio_pika.Message(
+            message.body,
+            content_type=message.content_type or "application/json",
+            content_encoding=message.content_encoding,
+            type=message.type or ctx.routing_key,
+            message_id=message.message_id,
+            timestamp=message.timestamp,
+            delivery_mode=PERSISTENT,
+            headers=headers,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            priority=message.priority,
+            app_id=message.app_id,
+        )
+
+    async def _retry(
+        self, ctx: Context, message: AbstractIncomingMessage, outcome: Outcome
+    ) -> None:
+        copy = self._copy(ctx, message, {"x-attempt": ctx.attempt + 1})
+        error = outcome.error
+        log.warning(
+            "message %s on %s failed on attempt %d (%s: %s); retrying in %d ms",
+            ctx.message_id,
+            ctx.queue,
+            ctx.attempt,
+            type(error).__name__,
+            error,
+            outcome.delay_ms,
+        )
+        publisher = self.app.publisher
+        if outcome.delay_ms <= 0:
+            await publisher.send("", ctx.queue, copy)
+            return
+        spec = retry_queue_spec(
+            self.app.exchange, ctx.queue, outcome.delay_ms, self.app.settings.queue_type
+        )
+        await publisher.ensure_queue(spec)
+        try:
+            await publisher.send(retry_exchange_name(self.app.exchange), spec.name, copy)
+        except RabbitWorkerError:
+            # The retry queue may have expired between our declarations; once more.
+            publisher.forget_queue(retry_queue_name(ctx.queue, outcome.delay_ms))
+            await publisher.ensure_queue(spec)
+            await publisher.send(retry_exchange_name(self.app.exchange), spec.name, copy)
+
+    async def _dead_letter(
+        self, ctx: Context, message: AbstractIncomingMessage, error: BaseException
+    ) -> None:
+        text = getattr(error, "reason", None) or str(error) or type(error).__name__
+        copy = self._copy(
+            ctx,
+            message,
+            {
+                "x-attempt": ctx.attempt,
+                "x-error-type": _error_type(error),
+                "x-error-message": str(text)[:MAX_ERROR_MESSAGE],
+                "x-failed-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "x-original-queue": ctx.queue,
+            },
+        )
+        if not isinstance(error, DecodeError | MessageTooLarge):
+            log.error(
+                "message %s on %s dead-lettered after attempt %d: %s: %s",
+                ctx.message_id,
+                ctx.queue,
+                ctx.attempt,
+                type(error).__name__,
+                text,
+            )
+        await self.app.publisher.send(dead_letter_exchange_name(self.app.exchange), ctx.queue, copy)
+
+
+def _attempt(headers: dict[str, Any]) -> int:
+    try:
+        return max(1, int(headers.get("x-attempt", 1)))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _error_type(error: BaseException) -> str:
+    kind = type(error)
+    module = kind.__module__
+    if module in ("builtins", "rabbitworker.errors", "rabbitworker.worker"):
+        return kind.__name__
+    return f"{module}.{kind.__qualname__}"
+
+
+def _original_routing_key(message: AbstractIncomingMessage, headers: dict[str, Any]) -> str:
+    # Retry copies carry the header from their first failure; a first delivery
+    # still has the routing key it was published with.
+    return str(headers.get("x-original-routing-key") or message.routing_key or "")

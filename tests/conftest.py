@@ -1,0 +1,289 @@
+"""Test bed: find a real RabbitMQ, give every test its own exchange and queues, and
+clean them up afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from rabbitworker import App
+from rabbitworker.topology import delay_queue_name, retry_queue_name
+from rabbitworker.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+HOW_TO_GET_A_BROKER = (
+    "no RabbitMQ for the tests: set RABBITWORKER_TEST_URL=amqp://user:pass@host:5672/, "
+    "start one on 127.0.0.1:5672 (`rabbitmq-server -detached`, or "
+    "`docker run -d -p 5672:5672 rabbitmq:3-management`), or start Docker so "
+    "testcontainers can run one"
+)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """A broker, in this order: RABBITWORKER_TEST_URL, 127.0.0.1:5672, testcontainers."""
+    url = os.environ.get("RABBITWORKER_TEST_URL")
+    if url:
+        yield url
+        return
+    if _port_open("127.0.0.1", 5672):
+        yield "amqp://guest:guest@127.0.0.1:5672/"
+        return
+    if _docker_answers():
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(container.port)
+            yield f"amqp://guest:guest@{host}:{port}/"
+        return
+    pytest.fail(HOW_TO_GET_A_BROKER, pytrace=False)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique name prefix, so tests never see each other's messages."""
+    return f"rwt-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def amqp(broker_url: str) -> AsyncIterator[aio_pika.abc.AbstractRobustConnection]:
+    """A raw aio-pika connection, for publishing by hand and inspecting queues."""
+    connection = await aio_pika.connect_robust(broker_url)
+    yield connection
+    await connection.close()
+
+
+async def delete_topology(url: str, exchange: str, queues: list[str]) -> None:
+    """Delete an app's exchanges and queues, including expiring retry/delay ones."""
+    connection = await aio_pika.connect(url)
+    try:
+        names: list[str] = []
+        for q in queues:
+            names += [q, f"{q}.dlq"]
+            names += [retry_queue_name(q, ms) for ms in _known_delays()]
+        names += [delay_queue_name(exchange, ms) for ms in _known_delays()]
+        for name in names:
+            channel = await connection.channel()
+            try:
+                await channel.queue_delete(name)
+            except Exception:
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        for ex in (exchange, f"{exchange}.retry", f"{exchange}.dlx", f"{exchange}.delay"):
+            channel = await connection.channel()
+            try:
+                await channel.exchange_delete(ex)
+            except Exception:
+                pass
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    finally:
+        await connection.close()
+
+
+_DELAYS: set[int] = set()
+
+
+def _known_delays() -> set[int]:
+    return _DELAYS
+
+
+def remember_delay(ms: int) -> None:
+    _DELAYS.add(ms)
+
+
+@pytest.fixture
+async def make_app(broker_url: str, prefix: str) -> AsyncIterator[Callable[..., App]]:
+    """Factory: `make_app(**options)` builds an App on a unique exchange; its
+    topology is deleted after the test."""
+    apps: list[App] = []
+
+    def factory(name: str = "test", **options: Any) -> App:
+        options.setdefault("exchange", f"{prefix}.x")
+        app = App(name, url=broker_url, **options)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        await app.close()
+        queues = list(app.handlers)
+        for ms_list in (
+            app.policy_for(h).steps_ms() for hs in app.handlers.values() for h in hs.values()
+        ):
+            _DELAYS.update(ms_list)
+        await delete_topology(broker_url, app.exchange, queues)
+
+
+@pytest.fixture
+async def start_worker() -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """Factory: `await start_worker(app, **options)` runs a worker in this process
+    until the end of the test."""
+    running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    async def factory(app: App, **options: Any) -> Worker:
+        options.setdefault("grace", 5)
+        worker = Worker(app, **options)
+        task = asyncio.create_task(worker.run(handle_signals=False))
+        running.append((worker, task))
+        await eventually(lambda: bool(worker._consumers) or task.done(), timeout=15)
+        if task.done():
+            task.result()
+        return worker
+
+    yield factory
+    for worker, task in running:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def eventually(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+) -> None:
+    """Poll `predicate` until it holds; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
+
+
+async def queue_depth(connection: aio_pika.abc.AbstractConnection, name: str) -> int:
+    """Messages ready in a queue (not counting unacknowledged ones), by passive declare."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await channel.close()
+
+
+async def get_all(
+    connection: aio_pika.abc.AbstractConnection, name: str
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take (and ack) every message ready in a queue."""
+    channel = await connection.channel()
+    out = []
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            out.append(message)
+    finally:
+        await channel.close()
+    return out
+
+
+class WorkerProcess:
+    """`rabbitworker run` as a subprocess, with its output captured to a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rabbitworker", *args],
+            env=env,
+            cwd=str(APPS),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_consuming(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while "worker consuming" not in self.output:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker did not start:\n{self.output}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+
+@pytest.fixture
+def worker_process(
+    broker_url: str, prefix: str, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: `worker_process(*args)` runs `python -m rabbitworker run ...` with
+    RW_TEST_PREFIX and RW_TEST_RECORD set for the apps in tests/apps."""
+    procs: list[WorkerProcess] = []
+
+    def factory(*args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        full_env = {
+            **os.environ,
+            "RABBITWORKER_URL": broker_url,
+            "RW_TEST_PREFIX": prefix,
+            "RW_TEST_RECORD": str(tmp_path / "handled.txt"),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)]),
+            **(env or {}),
+        }
+        proc = WorkerProcess(["run", *args], full_env, tmp_path / f"worker{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield factory
+    for proc in procs:
+        proc.stop()
+
+
+def read_record(tmp_path: Path) -> list[list[str]]:
+    """The lines handlers in tests/apps wrote to RW_TEST_RECORD, split on spaces."""
+    path = tmp_path / "handled.txt"
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
