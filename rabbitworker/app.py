@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,7 +139,12 @@ class App:
         """
 
         def decorate(func: F) -> F:
-            message_type, takes_context = _inspect_handler(func)
+            # The frame that applies the decorator can resolve annotations naming
+            # classes local to it (string annotations under `from __future__`).
+            caller = sys._getframe(1)
+            if caller.f_code is App.task.__code__:
+                caller = caller.f_back or caller
+            message_type, takes_context = _inspect_handler(func, caller.f_locals)
             self.register(message_type)
             on_queue = self.handlers.setdefault(queue, {})
             key = message_type.routing_key
@@ -336,7 +342,9 @@ class App:
         return f"App({self.name!r}, exchange={self.exchange!r}, queues={self.queues})"
 
 
-def _inspect_handler(fn: Callable[..., Any]) -> tuple[type[TaskMessage[Any]], bool]:
+def _inspect_handler(
+    fn: Callable[..., Any], localns: Mapping[str, Any] | None = None
+) -> tuple[type[TaskMessage[Any]], bool]:
     params = list(inspect.signature(fn).parameters.values())
     name = getattr(fn, "__qualname__", repr(fn))
     if not params or len(params) > 2:
@@ -344,7 +352,7 @@ def _inspect_handler(fn: Callable[..., Any]) -> tuple[type[TaskMessage[Any]], bo
             f"handler {name} must take the message and optionally a Context: (msg[, ctx])"
         )
     try:
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, localns=dict(localns or {}))
     except Exception as exc:
         raise ConfigurationError(f"handler {name}: cannot resolve annotations: {exc}") from None
     message_type = hints.get(params[0].name)

@@ -49,7 +49,7 @@ async def connect(
                 raise ConnectionFailed(
                     f"cannot connect to {mask_url(url)} within {timeout:g} s: {reason}"
                 ) from None
-            log.info(
+            log.debug(
                 "broker %s not reachable (%s); retrying in %.1f s", mask_url(url), reason, pause
             )
             await asyncio.sleep(pause)

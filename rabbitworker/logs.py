@@ -33,5 +33,6 @@ def setup_logging(level: str, url: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     if level != "DEBUG":
+        # rabbitworker reports connection trouble itself, once and in its own words.
         logging.getLogger("aio_pika").setLevel(logging.WARNING)
-        logging.getLogger("aiormq").setLevel(logging.WARNING)
+        logging.getLogger("aiormq").setLevel(logging.CRITICAL)

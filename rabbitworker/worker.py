@@ -165,7 +165,7 @@ class Worker:
         self._stopping.set()
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
-                await queue.cancel(tag)
+                await asyncio.wait_for(queue.cancel(tag), timeout=5)
         self._consumers.clear()
         pending = set(self._inflight)
         drained = len(pending)
@@ -175,11 +175,12 @@ class Worker:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=5)
-        log.info(
-            "worker stopped: %d in flight finished, %d handed back to the broker",
-            drained - len(pending),
-            len(pending),
-        )
+        if self._channels:  # it had started
+            log.info(
+                "worker stopped: %d in flight finished, %d handed back to the broker",
+                drained - len(pending),
+                len(pending),
+            )
         for middleware in reversed(self.app.middleware):
             with contextlib.suppress(Exception):
                 await middleware.on_worker_stop()

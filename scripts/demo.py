@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from broker import ensure_broker  # noqa: E402
+from broker import ensure_broker
 
-from rabbitworker.settings import mask_url  # noqa: E402
+from rabbitworker.settings import mask_url
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "emails_reports"
 
