@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import aio_pika
 import pytest
 from conftest import eventually, get_all, queue_depth
 from pydantic import BaseModel
@@ -213,3 +214,30 @@ async def test_a_sync_handler_runs_off_the_event_loop(
     await eventually(lambda: worker.handled == 11)
     assert sorted(fast_done) == list(range(10))
     assert loop_threads.isdisjoint(sync_threads)
+
+
+async def test_classic_queues_are_an_option_and_work_end_to_end(
+    make_app: Any, start_worker: Any, amqp: Any, prefix: str
+) -> None:
+    app: App = make_app(queue_type="classic")
+    seen: list[int] = []
+
+    class Plain(TaskMessage, routing_key=f"{prefix}.plain"):
+        n: int
+
+    @app.task(queue=f"{prefix}.classic")
+    async def plain(msg: Plain) -> None:
+        seen.append(msg.n)
+
+    await start_worker(app)
+    for n in range(3):
+        await app.publish(Plain(n=n))
+    await eventually(lambda: sorted(seen) == [0, 1, 2])
+    channel = await amqp.channel()
+    spec = next(s for s in app.topology().queues if s.name == f"{prefix}.classic")
+    assert spec.arguments["x-queue-type"] == "classic"
+    assert "x-delivery-limit" not in spec.arguments
+    with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+        await channel.declare_queue(
+            spec.name, durable=True, arguments={**spec.arguments, "x-queue-type": "quorum"}
+        )
