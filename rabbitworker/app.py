@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from .connection import connect
-from .errors import ConfigurationError, translate_broker_errors
+from .connection import connect, retry_across_reconnects
+from .errors import ConfigurationError
 from .message import R, TaskMessage
 from .middleware import Middleware
 from .publisher import Publisher
@@ -90,6 +90,7 @@ class App:
         self._rpc: RPCClient | None = None
         self._sync: SyncClient | None = None
         self._entered = 0
+        self._disconnected = False  # between a connection loss and the reconnect
 
     # -- registration -------------------------------------------------------
 
@@ -213,10 +214,19 @@ class App:
             heartbeat=s.heartbeat,
             name=f"rabbitworker:{self.name}",
         )
+
+        async def open_and_declare() -> AbstractChannel:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            await declare(channel, self.topology())
+            return channel
+
         try:
-            with translate_broker_errors(f"open channel on {mask_url(s.url)}"):
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                await declare(channel, self.topology())
+            channel = await retry_across_reconnects(
+                connection,
+                f"open channel on {mask_url(s.url)}",
+                open_and_declare,
+                timeout=s.connect_timeout,
+            )
         except BaseException:
             await connection.close()
             raise
@@ -231,11 +241,30 @@ class App:
         )
         self._rpc = RPCClient(channel, self._publisher)
         connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
         log.info("connected to %s, exchange %s", mask_url(s.url), self.exchange)
 
-    def _on_connection_lost(self, *_: Any) -> None:
+    def _on_connection_lost(self, _: Any, exc: BaseException | None = None) -> None:
+        # Also called by our own close(), which clears self.connection first, and
+        # after every failed reconnect attempt, which is not news.
+        if self.connection is None:
+            return
+        if not self._disconnected:
+            self._disconnected = True
+            log.warning(
+                "connection to %s lost (%s); reconnecting",
+                mask_url(self.settings.url),
+                type(exc).__name__ if exc is not None else "closed",
+            )
         if self._rpc is not None:
             self._rpc.fail_all("the connection to the broker was lost while waiting for a reply")
+
+    def _on_reconnected(self, *_: Any) -> None:
+        # aio-pika reopens every channel and re-declares what was declared on it:
+        # the whole topology (on the publishing channel), the reply-to consumer,
+        # each worker queue's prefetch and consumer.
+        self._disconnected = False
+        log.info("reconnected to %s; topology and consumers restored", mask_url(self.settings.url))
 
     async def close(self) -> None:
         """Close the connection; the app can connect again later."""
@@ -316,8 +345,7 @@ class App:
         `RemoteError` when the handler raised, `ConnectionFailed`.
         By default a failed request is not retried; `retry=True` applies the task's policy.
         """
-        pending = await self.rpc.submit(msg, retry=retry)
-        return await pending.result(timeout=timeout)
+        return await self.rpc.call(msg, timeout=timeout, retry=retry)
 
     def clone(self) -> App:
         """An unconnected app with the same registry and settings, for another loop."""
@@ -327,6 +355,7 @@ class App:
         other.connection, other.channel = None, None
         other._publisher, other._rpc, other._sync = None, None, None
         other._entered = 0
+        other._disconnected = False
         return other
 
     @property

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .__about__ import __version__
 from .app import App, load_app
 from .errors import RabbitWorkerError, RemoteError
-from .logs import setup_logging
+from .logs import hide_password, mask_secrets, setup_logging
 from .message import encode_reply
 
 T = TypeVar("T")
@@ -50,7 +50,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 
 def fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {mask_secrets(message)}", err=True)
     raise typer.Exit(2)
 
 
@@ -70,12 +70,17 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def get_app(app_path: str | None, url: str | None, **settings: Any) -> App:
+    for given in (url, os.environ.get("RABBITWORKER_URL")):
+        if given:
+            hide_password(given)  # before anything can fail and print it
     path = app_path or os.environ.get("RABBITWORKER_APP")
     if not path:
         fail("no app given: pass --app module:attribute or set RABBITWORKER_APP")
     app = load_app(path)
     app.configure(url=url, **settings)
-    _ = app.settings  # validate now, so a bad value is one clear line
+    # Validated now, so a bad value is one clear line; warnings from any command
+    # then go through the password filter too (`run` sets its own level later).
+    setup_logging("WARNING", app.settings.url)
     return app
 
 
@@ -134,17 +139,24 @@ def run(
     app = get_app(app_path, url, connect_timeout=connect_timeout, grace=grace)
     setup_logging(level, app.settings.url)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    from .supervisor import Supervisor, ready_notifier
     from .worker import Worker
 
-    if processes > 1:
-        from .supervisor import Supervisor
-
-        Worker(app, queues=names)  # validates the queue names before any process starts
-        argv = [a for a in sys.argv[1:]]
-        code = Supervisor(processes, child_argv=argv, grace=app.settings.grace).run()
-        raise typer.Exit(code)
+    # Built before any process starts: a bad queue name or setting is one line, once.
     worker = Worker(app, queues=names, concurrency=concurrency, prefetch=prefetch)
-    asyncio.run(worker.run())
+    if processes > 1:
+        code = Supervisor(processes, child_argv=sys.argv[1:], grace=app.settings.grace).run()
+        raise typer.Exit(code)
+    asyncio.run(worker.run(on_ready=ready_notifier()))
+    code = 130 if worker.forced else 0
+    if worker.abandoned_threads or worker.forced:
+        # A sync handler's thread cannot be stopped, and the interpreter would wait
+        # for it at exit; its message is already back with the broker.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 @cli.command()

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Context"]
 
+# Looked up once: getLogger takes the logging module's lock on every call.
+_TASK_LOG = logging.getLogger("rabbitworker.task")
+
 
 class Context:
     """What a handler knows about the delivery it is handling.
@@ -66,7 +69,7 @@ class Context:
         self.reply_to = reply_to
         self.redelivered = redelivered
         self.rpc_retry = rpc_retry
-        self.logger = logger or logging.getLogger("rabbitworker.task")
+        self.logger = logger or _TASK_LOG
         self.outcome: Outcome | None = None
         self.state: dict[str, Any] = {}  # scratch space for middleware
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import aio_pika
@@ -45,13 +46,27 @@ def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
     error_type = _text(headers.get("x-error-type", ""))
     error_message = _text(headers.get("x-error-message", ""))
     failed_at = _text(headers.get("x-failed-at", ""))
+    original_queue = _text(headers.get("x-original-queue", queue))
     if not error_type:
         # Dead-lettered by the broker itself (delivery limit): x-death says why.
         deaths = headers.get("x-death")
         if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-            error_type = f"broker:{_text(deaths[0].get('reason', '?'))}"
-            error_message = "dead-lettered by the broker (the worker crashed on it repeatedly?)"
-            failed_at = str(deaths[0].get("time", ""))
+            death = deaths[0]  # the most recent
+            reason = _text(death.get("reason", "?"))
+            error_type = f"broker:{reason}"
+            error_message = (
+                "delivered more often than the queue's x-delivery-limit: "
+                "the worker process probably died while handling it"
+                if reason == "delivery_limit"
+                else f"dead-lettered by the broker ({reason})"
+            )
+            when = death.get("time")
+            failed_at = (
+                when.isoformat(timespec="milliseconds")
+                if isinstance(when, datetime)
+                else _text(when or "")
+            )
+            original_queue = _text(death.get("queue", queue))
         else:
             error_type = "unknown"
     try:
@@ -65,7 +80,7 @@ def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
         error_type=error_type,
         error_message=error_message,
         failed_at=failed_at,
-        original_queue=str(headers.get("x-original-queue", queue)),
+        original_queue=original_queue,
         body=message.body.decode("utf-8", errors="replace"),
     )
 
@@ -119,6 +134,7 @@ async def replay(app: App, queue: str, *, ids: Iterable[str] = (), everything: b
                 k: v
                 for k, v in (message.headers or {}).items()
                 if k not in _ERROR_HEADERS
+                and k != "x-delivery-count"
                 and not k.startswith("x-death")
                 and not k.startswith("x-first-death")
                 and not k.startswith("x-last-death")

@@ -22,6 +22,7 @@ aio-pika and aiormq errors are translated into them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -158,5 +159,15 @@ def translate_broker_errors(what: str) -> Iterator[None]:
         raise ConfigurationError(f"{what}: {exc}") from exc
     except aiormq.exceptions.AMQPError as exc:
         raise ConnectionFailed(f"{what}: {exc}") from exc
+    except aiormq.exceptions.ChannelInvalidStateError as exc:
+        # A RuntimeError, not an AMQPError: the channel is closed, as while reconnecting.
+        raise ConnectionFailed(f"{what}: the channel is closed (connection lost)") from exc
     except (ConnectionError, OSError) as exc:
         raise ConnectionFailed(f"{what}: {exc}") from exc
+    except asyncio.CancelledError as exc:
+        # Closing a channel cancels the confirms it still owes. Only a cancellation of
+        # the task itself (cancelling() > 0) may leave here as a CancelledError.
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        raise ConnectionFailed(f"{what}: the channel closed before the broker answered") from exc

@@ -1,34 +1,65 @@
-"""Logging setup for the CLI, with a filter that keeps the broker password out of
-every log line, whoever wrote it."""
+"""Logging setup for the CLI, and the masking that keeps the broker password out of
+every log line and error message, whoever wrote it."""
 
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["MaskPassword", "setup_logging"]
+__all__ = ["MaskPassword", "hide_password", "mask_secrets", "setup_logging"]
+
+_secrets: set[str] = set()
+
+
+def hide_password(url: str) -> None:
+    """Mask this URL's password from now on, as written and percent-decoded
+    (client libraries report either form)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return
+    # A password equal to the user name (guest:guest) is no secret: masked URLs
+    # show the user name, and masking it everywhere would garble every line.
+    if parts.password and parts.password != parts.username:
+        _secrets.update({parts.password, unquote(parts.password)})
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every password given to `hide_password` replaced by `***`."""
+    # Longest first, so a password that contains another is masked whole.
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 class MaskPassword(logging.Filter):
-    """Replaces a password in the formatted message with `***`."""
+    """Replaces hidden passwords in the formatted message and its traceback."""
 
-    def __init__(self, password: str) -> None:
+    def __init__(self, password: str | None = None) -> None:
         super().__init__()
-        self.password = password
+        if password:
+            _secrets.add(password)
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if self.password in text:
-            record.msg, record.args = text.replace(self.password, "***"), None
+        masked = mask_secrets(text)
+        if masked != text:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_secrets(record.exc_text)
+        if record.stack_info:
+            record.stack_info = mask_secrets(record.stack_info)
         return True
 
 
 def setup_logging(level: str, url: str) -> None:
+    hide_password(url)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    password = urlsplit(url).password
-    if password:
-        handler.addFilter(MaskPassword(password))
+    handler.addFilter(MaskPassword())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

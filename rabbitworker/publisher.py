@@ -4,6 +4,7 @@ publisher confirms, and delayed publishing through broker-side delay queues."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -11,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustChannel
 
-from .errors import MessageTooLarge, UnroutableError, translate_broker_errors
+from .connection import is_connection_lost
+from .errors import ConnectionFailed, MessageTooLarge, UnroutableError, translate_broker_errors
 from .message import TaskMessage
 from .topology import (
     DELAY_HEADER,
@@ -29,6 +31,10 @@ from .topology import (
 __all__ = ["Publisher", "build_message"]
 
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+
+log = logging.getLogger("rabbitworker.publisher")
+
+_RESEND_PAUSE = 0.05
 
 
 def build_message(
@@ -102,16 +108,76 @@ class Publisher:
         message: aio_pika.Message,
         *,
         mandatory: bool = True,
+        limit_size: bool = True,
     ) -> None:
-        """Publish a built message and wait for the broker's confirm."""
-        if len(message.body) > self.max_message_size:
+        """Publish a built message and wait for the broker's confirm.
+
+        `limit_size=False` is for moving a message the broker already holds (to its
+        dead-letter queue): refusing it there would leave it looping in its queue.
+        """
+        if limit_size and len(message.body) > self.max_message_size:
             raise MessageTooLarge(
                 f"message of {len(message.body)} bytes is over the maximum of "
                 f"{self.max_message_size} (max_message_size)"
             )
         ex = self._exchanges.get(exchange) or await self.exchange(exchange)
-        with translate_broker_errors(f"publish to {exchange or '(default)'}/{routing_key}"):
-            await ex.publish(message, routing_key, mandatory=mandatory, timeout=self.timeout)
+        started = time.monotonic()
+        try:
+            with translate_broker_errors(f"publish to {exchange or '(default)'}/{routing_key}"):
+                await ex.publish(message, routing_key, mandatory=mandatory, timeout=self.timeout)
+        except ConnectionFailed as exc:
+            if not is_connection_lost(exc):
+                raise
+            await self._resend_after_reconnect(
+                ex, routing_key, message, mandatory, started + self.timeout, exc
+            )
+
+    async def _resend_after_reconnect(
+        self,
+        ex: AbstractExchange,
+        routing_key: str,
+        message: aio_pika.Message,
+        mandatory: bool,
+        deadline: float,
+        error: ConnectionFailed,
+    ) -> None:
+        """Publish again once the robust channel is back, all before `deadline`.
+
+        The broker may have taken the first copy and only its confirm was lost, so
+        the message can arrive twice (same message id): at least once, never zero.
+        Raises `ConnectionFailed` when the connection is not back in time.
+        """
+        where = f"publish to {ex.name or '(default)'}/{routing_key}"
+        log.warning(
+            "message %s: connection lost before the broker confirmed it; "
+            "publishing again once reconnected",
+            message.message_id,
+        )
+        while isinstance(self.channel, AbstractRobustChannel):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    await self.channel.ready()
+                    with translate_broker_errors(where):
+                        await ex.publish(
+                            message, routing_key, mandatory=mandatory, timeout=remaining
+                        )
+                return
+            except TimeoutError:
+                break
+            except ConnectionFailed as exc:
+                if not is_connection_lost(exc):
+                    raise
+                error = exc
+            # The channel said ready and closed again: the link is flapping.
+            await asyncio.sleep(_RESEND_PAUSE)
+        raise ConnectionFailed(
+            f"{where}: the connection to the broker was lost and not restored within "
+            f"{self.timeout:g} s (publish_timeout); message {message.message_id} "
+            "was not confirmed"
+        ) from error
 
     async def publish(
         self,
@@ -171,7 +237,9 @@ class Publisher:
             return
         async with self._declare_lock:
             with translate_broker_errors(f"declare {spec.name}"):
-                await declare_queue(self.channel, spec)
+                # A robust channel waits for a reconnect without limit; we do not.
+                async with asyncio.timeout(self.timeout):
+                    await declare_queue(self.channel, spec)
             self._declared[spec.name] = now
 
     def forget_queue(self, name: str) -> None:

@@ -68,7 +68,7 @@ class PendingReply(Generic[R]):
             message = await asyncio.wait_for(asyncio.shield(self._future), timeout)
         except TimeoutError:
             self._client.forget(self.correlation_id)
-            raise RPCTimeout(f"no reply to {self.message_id} within {timeout} s") from None
+            raise RPCTimeout(f"no reply to {self.message_id} within {timeout:g} s") from None
         finally:
             if self._future.done():
                 self._client.forget(self.correlation_id)
@@ -102,6 +102,10 @@ class RPCClient:
         self._waiting: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
+        # Direct reply-to replies are bound to the channel that sent the request: when
+        # it closes (the robust channel then reopens), no reply to a waiting call can
+        # arrive any more.
+        channel.close_callbacks.add(self._on_channel_closed)
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -118,6 +122,11 @@ class RPCClient:
             return
         future.set_result(message)
 
+    def _on_channel_closed(self, _: Any, exc: BaseException | None) -> None:
+        if self._waiting:
+            reason = f": {exc}" if exc and not isinstance(exc, asyncio.CancelledError) else ""
+            self.fail_all(f"the channel carrying the replies was closed{reason}")
+
     def forget(self, correlation_id: str) -> None:
         self._waiting.pop(correlation_id, None)
 
@@ -127,23 +136,51 @@ class RPCClient:
         for future in waiting.values():
             if not future.done():
                 future.set_exception(ConnectionFailed(reason))
+                # Retrieved here so a submit() nobody awaits does not log
+                # "exception was never retrieved"; awaiting it still raises.
+                future.exception()
 
     @property
     def in_flight(self) -> int:
         return len(self._waiting)
 
     async def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> PendingReply[R]:
+        """Publish a request; returns once the broker confirmed it."""
         if not self._started:
             await self.start()
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = future
         headers = {RPC_RETRY_HEADER: True} if retry else None
-        try:
-            message_id = await self.publisher.publish(
+        publishing = asyncio.ensure_future(
+            self.publisher.publish(
                 msg, headers=headers, correlation_id=correlation_id, reply_to=DIRECT_REPLY_TO
             )
+        )
+        try:
+            # A lost connection or a closed app fails the future while the publish may
+            # still wait for a reconnect: the caller hears of it at once.
+            await asyncio.wait((publishing, future), return_when=asyncio.FIRST_COMPLETED)
+            lost = None if publishing.done() else future.exception()
+            if lost is not None:
+                raise lost
+            message_id = await publishing
         except BaseException:
             self._waiting.pop(correlation_id, None)
+            publishing.cancel()
             raise
         return PendingReply(self, correlation_id, message_id, future, type(msg).reply_type())
+
+    async def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
+        """Publish a request and wait for its reply; `timeout` bounds both steps."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                pending = await self.submit(msg, retry=retry)
+        except TimeoutError:
+            raise RPCTimeout(f"the request was not confirmed within {timeout:g} s") from None
+        try:
+            return await pending.result(timeout=max(0.0, deadline - loop.time()))
+        except RPCTimeout:
+            raise RPCTimeout(f"no reply to {pending.message_id} within {timeout:g} s") from None

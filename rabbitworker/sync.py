@@ -7,10 +7,11 @@ import asyncio
 import atexit
 import threading
 from collections.abc import Coroutine, Mapping
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .errors import ConnectionFailed
 from .message import R, TaskMessage
 from .rpc import PendingReply
 
@@ -25,13 +26,17 @@ T = TypeVar("T")
 class SyncPendingReply(Generic[R]):
     """A submitted RPC request; `result(timeout)` blocks until its reply."""
 
-    def __init__(self, client: SyncClient, pending: PendingReply[R]) -> None:
+    def __init__(
+        self, client: SyncClient, pending: PendingReply[R], loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._client = client
         self._pending = pending
+        self._loop = loop
         self.message_id = pending.message_id
 
     def result(self, timeout: float | None = None) -> R:
-        return self._client._run(self._pending.result(timeout=timeout))
+        """Wait for the reply; raises like `PendingReply.result`."""
+        return self._client._run(self._pending.result(timeout=timeout), on=self._loop)
 
 
 class SyncClient:
@@ -49,35 +54,47 @@ class SyncClient:
         self._thread: threading.Thread | None = None
 
     def _start(self) -> asyncio.AbstractEventLoop:
+        # Called with self._lock held: one connection however many threads start it.
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="rabbitworker-sync-client", daemon=True)
+        thread.start()
+        ready.wait()
+        try:
+            asyncio.run_coroutine_threadsafe(self._app.connect(), loop).result()
+        except BaseException:
+            _stop(loop, thread)
+            raise
+        self._loop, self._thread = loop, thread
+        atexit.register(self.close)
+        return loop
+
+    def _schedule(
+        self, coro: Coroutine[Any, Any, T], on: asyncio.AbstractEventLoop | None
+    ) -> tuple[Future[T], asyncio.AbstractEventLoop]:
         with self._lock:
-            if self._loop is not None:
-                return self._loop
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            thread = threading.Thread(target=run, name="rabbitworker-sync", daemon=True)
-            thread.start()
-            ready.wait()
+            if on is not None and on is not self._loop:
+                coro.close()
+                raise ConnectionFailed("the blocking client was closed since the request was sent")
             try:
-                asyncio.run_coroutine_threadsafe(self._app.connect(), loop).result()
+                loop = self._loop or self._start()
             except BaseException:
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join()
-                loop.close()
+                coro.close()
                 raise
-            self._loop, self._thread = loop, thread
-            atexit.register(self.close)
-            return loop
+            # Scheduled under the lock, so close() either sees this call or comes first.
+            return asyncio.run_coroutine_threadsafe(coro, loop), loop
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        loop = self._loop or self._start()
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, loop)
-        return future.result()
+    def _run(
+        self, coro: Coroutine[Any, Any, T], *, on: asyncio.AbstractEventLoop | None = None
+    ) -> T:
+        future, _ = self._schedule(coro, on)
+        return _wait(future)
 
     def publish(
         self,
@@ -98,10 +115,12 @@ class SyncClient:
 
     def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> SyncPendingReply[R]:
         """Blocking `App.submit`; `.result(timeout)` on what it returns waits for the reply."""
-        return SyncPendingReply(self, self._run(self._app.submit(msg, retry=retry)))
+        future, loop = self._schedule(self._app.submit(msg, retry=retry), None)
+        return SyncPendingReply(self, _wait(future), loop)
 
     def close(self) -> None:
-        """Close the connection and stop the background loop."""
+        """Close the connection and stop the background loop; calls still waiting
+        raise `ConnectionFailed`. The client starts again if used afterwards."""
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop, self._thread = None, None
@@ -111,6 +130,29 @@ class SyncClient:
         try:
             asyncio.run_coroutine_threadsafe(self._app.close(), loop).result(timeout=10)
         finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-            loop.close()
+            _stop(loop, thread)
+
+
+def _wait(future: Future[T]) -> T:
+    try:
+        return future.result()
+    except CancelledError:
+        raise ConnectionFailed("the blocking client closed while this call waited") from None
+
+
+def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Stop the loop's thread, then cancel what still runs on it, here, and close it."""
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    if thread.is_alive():  # stuck in a blocking call; the daemon thread dies at exit
+        return
+    loop.run_until_complete(_cancel_the_rest())
+    loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()

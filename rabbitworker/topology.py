@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 
 __all__ = [
     "ExchangeSpec",
@@ -67,7 +67,8 @@ def quantize_delay_ms(seconds: float) -> int:
     Each distinct delay needs its own queue (one fixed TTL per queue, so a long delay
     never holds up a short one); rounding bounds them to 90 per power of ten.
     """
-    ms = max(1, math.ceil(seconds * 1000))
+    # Round to a microsecond first, so float noise (0.1 + 0.2) cannot add a step.
+    ms = max(1, math.ceil(round(seconds * 1000, 3)))
     if ms < 100:
         return ms
     scale: int = 10 ** (len(str(ms)) - 2)
@@ -242,6 +243,16 @@ def build_topology(
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
+    if spec.expires and isinstance(channel, AbstractRobustChannel):
+        # Expiring queues are redeclared on use; a robust channel would also keep
+        # every redeclaration in its restore list, which grows with uptime.
+        rqueue = await channel.declare_queue(
+            spec.name, durable=True, arguments=spec.arguments, robust=False
+        )
+        for exchange, key in spec.bindings:
+            if exchange:
+                await rqueue.bind(exchange, key, arguments=spec.binding_arguments, robust=False)
+        return
     queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
     for exchange, key in spec.bindings:
         if exchange:

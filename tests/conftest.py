@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from proxy import Proxy
 
 from rabbitworker import App
 from rabbitworker.topology import delay_queue_name, retry_queue_name
@@ -127,6 +129,13 @@ def remember_delay(ms: int) -> None:
     _DELAYS.add(ms)
 
 
+def remember_app_delays(app: App) -> None:
+    """Note the retry delays of an app's tasks, so their retry queues get deleted."""
+    for handlers in app.handlers.values():
+        for handler in handlers.values():
+            _DELAYS.update(app.policy_for(handler).steps_ms())
+
+
 @pytest.fixture
 async def make_app(broker_url: str, prefix: str) -> AsyncIterator[Callable[..., App]]:
     """Factory: `make_app(**options)` builds an App on a unique exchange; its
@@ -142,12 +151,16 @@ async def make_app(broker_url: str, prefix: str) -> AsyncIterator[Callable[..., 
     yield factory
     for app in apps:
         await app.close()
-        queues = list(app.handlers)
-        for ms_list in (
-            app.policy_for(h).steps_ms() for hs in app.handlers.values() for h in hs.values()
-        ):
-            _DELAYS.update(ms_list)
-        await delete_topology(broker_url, app.exchange, queues)
+        remember_app_delays(app)
+        await delete_topology(broker_url, app.exchange, list(app.handlers))
+
+
+@pytest.fixture
+async def proxy(broker_url: str) -> AsyncIterator[Proxy]:
+    """A loopback TCP proxy in front of the broker that the test can `cut()` and
+    `restore()`; `proxy.url(broker_url)` is the broker URL through it."""
+    async with Proxy.to(broker_url) as running:
+        yield running
 
 
 @pytest.fixture
@@ -287,3 +300,40 @@ def read_record(tmp_path: Path) -> list[list[str]]:
     if not path.exists():
         return []
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def app_module(
+    broker_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[str], Any]]:
+    """Factory: `app_module("rpc_math")` imports a module of tests/apps afresh with
+    this test's prefix, points its `app` at the test broker, and deletes that app's
+    topology after the test (so a worker subprocess can run the same module)."""
+    import importlib
+
+    monkeypatch.setenv("RW_TEST_PREFIX", prefix)
+    monkeypatch.setenv("RW_TEST_RECORD", str(tmp_path / "handled.txt"))
+    monkeypatch.syspath_prepend(str(APPS))
+    loaded: list[Any] = []
+
+    def factory(name: str) -> Any:
+        for mod in (name, "recording"):
+            sys.modules.pop(mod, None)
+        module = importlib.import_module(name)
+        module.app.configure(url=broker_url)
+        loaded.append(module)
+        return module
+
+    yield factory
+    for module in loaded:
+        app = module.app
+        remember_app_delays(app)
+        # A thread of its own: this teardown may run for a sync or an async test.
+        cleanup = threading.Thread(
+            target=asyncio.run,
+            args=(delete_topology(broker_url, app.exchange, list(app.handlers)),),
+        )
+        cleanup.start()
+        cleanup.join()
+        sys.modules.pop(module.__name__, None)
+    sys.modules.pop("recording", None)

@@ -1,0 +1,141 @@
+"""The rabbitworker side: the same work as the baseline, through `App.publish`, an
+in-process `Worker` and `App.call`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import aio_pika
+
+from rabbitworker import App
+from rabbitworker.topology import QueueType
+from rabbitworker.worker import Worker
+
+from .common import Echo, EchoReply, Job, Tally, delete, job, prefill, unique
+
+__all__ = ["consume", "delete_app", "publish", "rpc_concurrent", "rpc_latency"]
+
+CONCURRENCY = 100
+PREFETCH = 100
+
+
+async def delete_app(url: str, app: App) -> None:
+    """Delete every exchange and queue the app's topology names."""
+    topology = app.topology()
+    connection = await aio_pika.connect(url)
+    try:
+        await delete(
+            connection,
+            queues=[q.name for q in topology.queues],
+            exchanges=[x.name for x in topology.exchanges],
+        )
+    finally:
+        await connection.close()
+
+
+@asynccontextmanager
+async def bench_app(
+    url: str, queue_type: str, register: Callable[[App, str], None]
+) -> AsyncIterator[tuple[App, str]]:
+    """A connected app on a unique exchange with one queue; deleted afterwards."""
+    qt: QueueType = "quorum" if queue_type == "quorum" else "classic"
+    app = App("bench", url=url, exchange=unique("x"), queue_type=qt)
+    queue = unique("q")
+    register(app, queue)
+    try:
+        async with app:
+            yield app, queue
+    finally:
+        await app.close()
+        await delete_app(url, app)
+
+
+def no_handler(app: App, queue: str) -> None:
+    @app.task(queue=queue)
+    async def handle(msg: Job) -> None:
+        pass
+
+
+async def publish(url: str, queue_type: str, count: int, batch: int) -> float:
+    """Confirmed publishes per second through `App.publish`, `batch` at a time."""
+    async with bench_app(url, queue_type, no_handler) as (app, _):
+        await asyncio.gather(*(app.publish(job(n)) for n in range(min(batch, 200))))
+        started = time.perf_counter()
+        for start in range(0, count, batch):
+            await asyncio.gather(
+                *(app.publish(job(n)) for n in range(start, min(count, start + batch)))
+            )
+        return count / (time.perf_counter() - started)
+
+
+async def consume(url: str, queue_type: str, count: int, delay: float = 0.0) -> float:
+    """Messages per second, first to last handled, by an in-process worker."""
+    tally = Tally(count)
+
+    def register(app: App, queue: str) -> None:
+        @app.task(queue=queue)
+        async def handle(msg: Job) -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            tally.hit()
+
+    async with bench_app(url, queue_type, register) as (app, queue):
+        assert app.connection is not None
+        await prefill(app.connection, queue, count)
+        worker = Worker(app, concurrency=CONCURRENCY, prefetch=PREFETCH)
+        await worker.start()
+        try:
+            await tally.wait(timeout=60 + count * max(delay, 0.001))
+        finally:
+            await worker.shutdown()
+        return tally.rate
+
+
+def echo_handler(app: App, queue: str) -> None:
+    @app.task(queue=queue)
+    async def echo(msg: Echo) -> EchoReply:
+        return EchoReply(n=msg.n)
+
+
+@asynccontextmanager
+async def rpc_worker(url: str, queue_type: str) -> AsyncIterator[App]:
+    """A worker serving the echo task and a caller: two apps, two connections, as a
+    worker and a web node would have."""
+    async with bench_app(url, queue_type, echo_handler) as (app, _):
+        worker = Worker(app, concurrency=CONCURRENCY, prefetch=PREFETCH)
+        await worker.start()
+        try:
+            async with app.clone() as caller:
+                for n in range(20):  # warm-up
+                    await caller.call(Echo(n=n), timeout=10)
+                yield caller
+        finally:
+            await worker.shutdown()
+
+
+async def rpc_latency(url: str, queue_type: str, calls: int) -> list[float]:
+    """Seconds per call, one call at a time."""
+    async with rpc_worker(url, queue_type) as app:
+        out = []
+        for n in range(calls):
+            started = time.perf_counter()
+            await app.call(Echo(n=n), timeout=10)
+            out.append(time.perf_counter() - started)
+        return out
+
+
+async def rpc_concurrent(url: str, queue_type: str, calls: int, in_flight: int) -> float:
+    """Calls per second with `in_flight` calls outstanding at any time."""
+    async with rpc_worker(url, queue_type) as app:
+        todo = iter(range(calls))
+
+        async def caller() -> None:
+            for n in todo:
+                await app.call(Echo(n=n), timeout=10)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(in_flight)))
+        return calls / (time.perf_counter() - started)

@@ -1,0 +1,123 @@
+"""Coalesced acknowledgements: the acks of deliveries whose handlers finished in the
+same turn of the event loop go out together, as one `basic.ack` with `multiple=True`
+wherever that covers only settled deliveries.
+
+Delivery tags count up from 1 on each channel. A window per channel keeps a mark, the
+highest tag such that every tag up to it is settled (acked or nacked), and the settled
+tags above it. A flush acks the unbroken run of finished tags just above the mark with
+one frame and any finished tag past a gap (a handler still running) on its own, so a
+message whose handler has not finished is never acknowledged, and a slow handler holds
+up nobody else's ack. A reopened channel is a new channel with a window of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+__all__ = ["AckBatcher"]
+
+# Settled tags remembered above a gap. A handler that runs for very long can leave a
+# gap while many later tags settle; past this many, the window stops coalescing
+# rather than grow (every ack is then sent on its own).
+MAX_SETTLED_ABOVE_GAP = 65_536
+
+
+class _Window:
+    __slots__ = ("channel", "coalesce", "finished", "flushed", "mark", "settled", "task")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.mark = 0
+        self.finished: list[int] = []  # handled since the last flush, not yet acked
+        self.settled: set[int] = set()  # above the mark: acked or nacked already
+        self.flushed: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.coalesce = True
+
+    def plan(self) -> tuple[int, list[int]]:
+        """The tag to ack with `multiple=True` (0 for none) and the tags to ack alone."""
+        finished = self.finished
+        self.finished = []
+        if not self.coalesce:
+            return 0, finished
+        settled, now = self.settled, set(finished)
+        settled |= now
+        # The multiple ack ends on a tag acked now: one the broker still holds.
+        run_end = 0
+        tag = self.mark + 1
+        while tag in settled:
+            settled.discard(tag)
+            if tag in now:
+                run_end = tag
+            tag += 1
+        self.mark = tag - 1
+        singles = [t for t in finished if t > self.mark]
+        if len(settled) > MAX_SETTLED_ABOVE_GAP:
+            self.coalesce = False
+            settled.clear()
+        return run_end, singles
+
+
+class AckBatcher:
+    """Acknowledges finished deliveries in as few frames as is safe."""
+
+    def __init__(self) -> None:
+        self._windows: weakref.WeakKeyDictionary[Any, _Window] = weakref.WeakKeyDictionary()
+
+    @property
+    def pending(self) -> int:
+        """Finished deliveries whose ack has not been written yet."""
+        return sum(len(w.finished) for w in self._windows.values())
+
+    def _window(self, message: AbstractIncomingMessage) -> _Window:
+        channel = message.channel  # raises ChannelInvalidStateError once closed
+        window = self._windows.get(channel)
+        if window is None:
+            window = self._windows[channel] = _Window(channel)
+        return window
+
+    async def ack(self, message: AbstractIncomingMessage) -> None:
+        """Acknowledge a delivery whose handling finished; returns once its ack, shared
+        with the others that finished in this turn of the loop, is written."""
+        tag = message.delivery_tag
+        if tag is None:  # consumed without acks
+            return
+        window = self._window(message)
+        window.finished.append(tag)
+        if window.flushed is None:
+            window.flushed = asyncio.get_running_loop().create_future()
+        flushed = window.flushed
+        if window.task is None:
+            # A task's first step runs on the next turn of the loop: by then every
+            # handler that finished in this turn has joined the flush.
+            window.task = asyncio.ensure_future(self._flush(window))
+        await asyncio.shield(flushed)
+
+    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool = True) -> None:
+        """Return a delivery to the broker, at once (never coalesced)."""
+        await message.nack(requeue=requeue)
+        tag = message.delivery_tag
+        window = self._windows.get(message.channel) if tag is not None else None
+        if window is not None and tag is not None and window.coalesce and tag > window.mark:
+            window.settled.add(tag)
+
+    async def _flush(self, window: _Window) -> None:
+        flushed, window.flushed, window.task = window.flushed, None, None
+        assert flushed is not None
+        try:
+            multiple, singles = window.plan()
+            channel = window.channel
+            if multiple:
+                await channel.basic_ack(multiple, multiple=True, wait=False)
+            for tag in singles:
+                await channel.basic_ack(tag, wait=False)
+        except Exception as exc:
+            self._windows.pop(window.channel, None)
+            flushed.set_exception(exc)
+            flushed.exception()  # each waiter raises it; the future itself is handled
+            return
+        flushed.set_result(None)
