@@ -124,13 +124,12 @@ class App:
 
     def task(
         self,
-        fn: F | None = None,
         *,
         queue: str,
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         bind: Iterable[str] = (),
-    ) -> Any:
+    ) -> Callable[[F], F]:
         """Register a handler for the message type of its first parameter.
 
         ``async def`` handlers run on the event loop, plain ``def`` ones in a thread
@@ -166,8 +165,6 @@ class App:
             self.patterns.setdefault(queue, set()).update(bind)
             return func
 
-        if fn is not None:
-            return decorate(fn)
         return decorate
 
     @property
@@ -272,6 +269,8 @@ class App:
             self._sync.close()
             self._sync = None
         connection, rpc = self.connection, self._rpc
+        if self._publisher is not None:
+            self._publisher.close()
         self.connection, self.channel, self._publisher, self._rpc = None, None, None, None
         if self in _current:
             _current.remove(self)

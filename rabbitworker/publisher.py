@@ -89,6 +89,24 @@ class Publisher:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._declared: dict[str, float] = {}
         self._declare_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        """Mark the publisher closed: a publish waiting for a reconnect gives up."""
+        self._closed.set()
+
+    async def _wait_ready(self) -> None:
+        """Wait for the robust channel to be back, unless the app is closed meanwhile."""
+        assert isinstance(self.channel, AbstractRobustChannel)
+        ready = asyncio.ensure_future(self.channel.ready())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({ready, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            closed.cancel()
+        if self._closed.is_set():
+            raise ConnectionFailed("the app was closed before the broker confirmed the message")
 
     async def exchange(self, name: str) -> AbstractExchange:
         try:
@@ -159,7 +177,7 @@ class Publisher:
                 break
             try:
                 async with asyncio.timeout(remaining):
-                    await self.channel.ready()
+                    await self._wait_ready()
                     with translate_broker_errors(where):
                         await ex.publish(
                             message, routing_key, mandatory=mandatory, timeout=remaining
