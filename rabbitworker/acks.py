@@ -27,10 +27,10 @@ MAX_SETTLED_ABOVE_GAP = 65_536
 
 
 class _Window:
-    __slots__ = ("channel", "coalesce", "finished", "flushed", "mark", "settled", "task")
+    # No reference to the channel here: the windows are weakly keyed by it.
+    __slots__ = ("coalesce", "finished", "flushed", "mark", "settled", "task")
 
-    def __init__(self, channel: Any) -> None:
-        self.channel = channel
+    def __init__(self) -> None:
         self.mark = 0
         self.finished: list[int] = []  # handled since the last flush, not yet acked
         self.settled: set[int] = set()  # above the mark: acked or nacked already
@@ -73,20 +73,17 @@ class AckBatcher:
         """Finished deliveries whose ack has not been written yet."""
         return sum(len(w.finished) for w in self._windows.values())
 
-    def _window(self, message: AbstractIncomingMessage) -> _Window:
-        channel = message.channel  # raises ChannelInvalidStateError once closed
-        window = self._windows.get(channel)
-        if window is None:
-            window = self._windows[channel] = _Window(channel)
-        return window
-
     async def ack(self, message: AbstractIncomingMessage) -> None:
         """Acknowledge a delivery whose handling finished; returns once its ack, shared
-        with the others that finished in this turn of the loop, is written."""
+        with the others that finished in this turn of the loop, is queued on the
+        connection (ahead of any later frame, a channel close included)."""
         tag = message.delivery_tag
         if tag is None:  # consumed without acks
             return
-        window = self._window(message)
+        channel = message.channel  # raises ChannelInvalidStateError once closed
+        window = self._windows.get(channel)
+        if window is None:
+            window = self._windows[channel] = _Window()
         window.finished.append(tag)
         if window.flushed is None:
             window.flushed = asyncio.get_running_loop().create_future()
@@ -94,7 +91,7 @@ class AckBatcher:
         if window.task is None:
             # A task's first step runs on the next turn of the loop: by then every
             # handler that finished in this turn has joined the flush.
-            window.task = asyncio.ensure_future(self._flush(window))
+            window.task = asyncio.ensure_future(self._flush(window, channel))
         await asyncio.shield(flushed)
 
     async def nack(self, message: AbstractIncomingMessage, *, requeue: bool = True) -> None:
@@ -105,19 +102,26 @@ class AckBatcher:
         if window is not None and tag is not None and window.coalesce and tag > window.mark:
             window.settled.add(tag)
 
-    async def _flush(self, window: _Window) -> None:
-        flushed, window.flushed, window.task = window.flushed, None, None
-        assert flushed is not None
+    async def _flush(self, window: _Window, channel: Any) -> None:
+        # One flush at a time per window: writing can wait on a full frame buffer, and
+        # a second flush overtaking the first would ack a tag twice (a channel error).
         try:
-            multiple, singles = window.plan()
-            channel = window.channel
-            if multiple:
-                await channel.basic_ack(multiple, multiple=True, wait=False)
-            for tag in singles:
-                await channel.basic_ack(tag, wait=False)
-        except Exception as exc:
-            self._windows.pop(window.channel, None)
-            flushed.set_exception(exc)
-            flushed.exception()  # each waiter raises it; the future itself is handled
-            return
-        flushed.set_result(None)
+            while window.flushed is not None:
+                flushed, window.flushed = window.flushed, None
+                try:
+                    multiple, singles = window.plan()
+                    if multiple:
+                        await channel.basic_ack(multiple, multiple=True, wait=False)
+                    for tag in singles:
+                        await channel.basic_ack(tag, wait=False)
+                except asyncio.CancelledError:
+                    flushed.cancel()
+                    raise
+                except Exception as exc:
+                    self._windows.pop(channel, None)
+                    flushed.set_exception(exc)
+                    flushed.exception()  # each waiter raises it; the future itself is handled
+                else:
+                    flushed.set_result(None)
+        finally:
+            window.task = None

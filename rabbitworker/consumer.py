@@ -23,8 +23,8 @@ __all__ = ["DirectQueue"]
 Callback = Callable[[AbstractIncomingMessage], Awaitable[Any]]
 
 
-async def _deliver(callback: Callback, message: DeliveredMessage) -> None:
-    await callback(IncomingMessage(message, no_ack=False))
+async def _deliver(callback: Callback, no_ack: bool, message: DeliveredMessage) -> None:
+    await callback(IncomingMessage(message, no_ack=no_ack))
 
 
 class DirectQueue(RobustQueue):
@@ -32,7 +32,6 @@ class DirectQueue(RobustQueue):
 
     Set as a robust channel's `QUEUE_CLASS`, it is what that channel declares, keeps
     and restores (re-consuming with this same method) when the connection comes back.
-    Consumers are always acknowledged by hand.
     """
 
     async def consume(
@@ -45,12 +44,11 @@ class DirectQueue(RobustQueue):
         timeout: TimeoutType = None,
         robust: bool = True,
     ) -> ConsumerTag:
-        if no_ack:
-            raise ValueError("DirectQueue consumers acknowledge by hand")
         channel = await self.channel.get_underlay_channel()
         result = await channel.basic_consume(
             queue=self.name,
-            consumer_callback=functools.partial(_deliver, callback),
+            consumer_callback=functools.partial(_deliver, callback, no_ack),
+            no_ack=no_ack,
             exclusive=exclusive,
             arguments=arguments,
             consumer_tag=consumer_tag,
@@ -63,7 +61,7 @@ class DirectQueue(RobustQueue):
             # What RobustQueue.restore() re-consumes with after a reconnect.
             self._consumers[tag] = {
                 "callback": callback,
-                "no_ack": False,
+                "no_ack": no_ack,
                 "exclusive": exclusive,
                 "arguments": arguments,
             }

@@ -65,6 +65,31 @@ async def test_a_delivery_still_being_handled_is_never_covered_by_a_multiple_ack
     assert channel.frames[-1] == (13, True)
 
 
+async def test_acks_that_finish_while_a_write_waits_follow_it_and_never_ack_a_tag_twice() -> None:
+    channel, batcher = FakeChannel(), AckBatcher()
+    gate, held = asyncio.Event(), asyncio.Event()
+    writes: list[int] = []
+    record = channel.basic_ack
+
+    async def held_ack(tag: int, multiple: bool = False, wait: bool = True) -> None:
+        writes.append(tag)
+        held.set()
+        await gate.wait()  # a full frame buffer
+        await record(tag, multiple, wait)
+
+    channel.basic_ack = held_ack  # type: ignore[method-assign]
+    first: list[Any] = [FakeMessage(channel, tag) for tag in range(1, 4)]
+    second: list[Any] = [FakeMessage(channel, tag) for tag in range(4, 6)]
+    acking = [asyncio.ensure_future(batcher.ack(m)) for m in first]
+    await held.wait()
+    acking += [asyncio.ensure_future(batcher.ack(m)) for m in second]
+    await eventually(lambda: batcher.pending == 2)
+    assert writes == [3]  # the later acks wait for the held write, not overtake it
+    gate.set()
+    await asyncio.gather(*acking)
+    assert channel.frames == [(3, True), (5, True)]
+
+
 class Job(TaskMessage, routing_key="acks.job"):
     n: int
 
