@@ -127,11 +127,15 @@ class Publisher:
         *,
         mandatory: bool = True,
         limit_size: bool = True,
+        resend: bool = True,
     ) -> None:
         """Publish a built message and wait for the broker's confirm.
 
         `limit_size=False` is for moving a message the broker already holds (to its
         dead-letter queue): refusing it there would leave it looping in its queue.
+        `resend=False` raises `ConnectionFailed` at once when the connection drops,
+        instead of publishing again after the reconnect (an RPC request's reply could
+        not reach its caller across a reconnect anyway).
         """
         if limit_size and len(message.body) > self.max_message_size:
             raise MessageTooLarge(
@@ -144,11 +148,23 @@ class Publisher:
             with translate_broker_errors(f"publish to {exchange or '(default)'}/{routing_key}"):
                 await ex.publish(message, routing_key, mandatory=mandatory, timeout=self.timeout)
         except ConnectionFailed as exc:
-            if not is_connection_lost(exc):
+            if self._closed.is_set():
+                raise ConnectionFailed(
+                    f"the app was closed before the broker confirmed message {message.message_id}"
+                ) from exc
+            if not resend or not is_connection_lost(exc):
                 raise
             await self._resend_after_reconnect(
                 ex, routing_key, message, mandatory, started + self.timeout, exc
             )
+        except Exception as exc:
+            # Closing the connection fails pending confirms with whatever the client
+            # library was given, a bare Exception included.
+            if self._closed.is_set():
+                raise ConnectionFailed(
+                    f"the app was closed before the broker confirmed message {message.message_id}"
+                ) from exc
+            raise
 
     async def _resend_after_reconnect(
         self,
@@ -206,6 +222,7 @@ class Publisher:
         message_id: str | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        resend: bool = True,
     ) -> str:
         """Publish a typed message; returns its message id once the broker confirmed."""
         key = type(msg).routing_key
@@ -223,7 +240,7 @@ class Publisher:
         if seconds and seconds > 0:
             await self.send_delayed(message, key, quantize_delay_ms(seconds))
         else:
-            await self.send(self.exchange_name, key, message)
+            await self.send(self.exchange_name, key, message, resend=resend)
         return message.message_id or ""
 
     async def send_delayed(

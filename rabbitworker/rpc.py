@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
+from .consumer import DirectQueue
 from .errors import ConnectionFailed, DecodeError, RemoteError, RPCTimeout
 from .message import R, TaskMessage, reply_adapter
 from .topology import DIRECT_REPLY_TO
@@ -64,29 +65,34 @@ class PendingReply(Generic[R]):
 
     async def result(self, timeout: float | None = None) -> R:
         """Wait for the reply; raises `RPCTimeout`, `RemoteError` or `ConnectionFailed`."""
+        if self._future.cancelled():
+            raise RPCTimeout(f"the wait for a reply to {self.message_id} already timed out")
         try:
-            message = await asyncio.wait_for(asyncio.shield(self._future), timeout)
+            # On timeout the future is cancelled and forgotten: a late reply is dropped.
+            async with asyncio.timeout(timeout):
+                message = await self._future
         except TimeoutError:
-            self._client.forget(self.correlation_id)
             raise RPCTimeout(f"no reply to {self.message_id} within {timeout:g} s") from None
         finally:
-            if self._future.done():
-                self._client.forget(self.correlation_id)
-        return self._decode(message)
-
-    def _decode(self, message: AbstractIncomingMessage) -> R:
-        headers = message.headers or {}
-        if headers.get(RPC_STATUS_HEADER) == "error":
-            try:
-                err = json.loads(message.body)
-                raise RemoteError(str(err["type"]), str(err["message"]))
-            except (ValueError, KeyError, TypeError):
-                raise RemoteError("UnknownError", message.body.decode(errors="replace")) from None
-        try:
-            value: R = reply_adapter(self._reply_type).validate_json(message.body)
-        except ValidationError as exc:
-            raise DecodeError(f"reply does not validate: {exc}", body=message.body) from exc
+            self._client.forget(self.correlation_id)
+        value: R = decode_reply(message, self._reply_type)
         return value
+
+
+def decode_reply(message: AbstractIncomingMessage, reply_type: Any) -> Any:
+    """The reply's value validated as `reply_type`; raises `RemoteError` for an error reply."""
+    headers = message.headers or {}
+    if headers.get(RPC_STATUS_HEADER) == "error":
+        try:
+            err = json.loads(message.body)
+            remote = RemoteError(str(err["type"]), str(err["message"]))
+        except (ValueError, KeyError, TypeError):
+            remote = RemoteError("UnknownError", message.body.decode(errors="replace"))
+        raise remote
+    try:
+        return reply_adapter(reply_type).validate_json(message.body)
+    except ValidationError as exc:
+        raise DecodeError(f"reply does not validate: {exc}", body=message.body) from exc
 
 
 class RPCClient:
@@ -111,6 +117,10 @@ class RPCClient:
         async with self._start_lock:
             if self._started:
                 return
+            # One task per reply, not aio-pika's two; what this channel declares
+            # elsewhere (the topology) is never consumed, so the class changes nothing
+            # for it.
+            self.channel.QUEUE_CLASS = DirectQueue
             queue = await self.channel.declare_queue(DIRECT_REPLY_TO, passive=True)
             await queue.consume(self._on_reply, no_ack=True)
             self._started = True
@@ -144,43 +154,51 @@ class RPCClient:
     def in_flight(self) -> int:
         return len(self._waiting)
 
+    def _expect(self) -> tuple[str, asyncio.Future[AbstractIncomingMessage]]:
+        correlation_id = uuid.uuid4().hex
+        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = future
+        return correlation_id, future
+
+    async def _send(self, msg: TaskMessage[Any], correlation_id: str, retry: bool) -> str:
+        # Not published again after a reconnect: the reply-to channel is new by then,
+        # so the caller hears of the lost connection at once (ConnectionFailed).
+        return await self.publisher.publish(
+            msg,
+            headers={RPC_RETRY_HEADER: True} if retry else None,
+            correlation_id=correlation_id,
+            reply_to=DIRECT_REPLY_TO,
+            resend=False,
+        )
+
     async def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> PendingReply[R]:
         """Publish a request; returns once the broker confirmed it."""
         if not self._started:
             await self.start()
-        correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation_id] = future
-        headers = {RPC_RETRY_HEADER: True} if retry else None
-        publishing = asyncio.ensure_future(
-            self.publisher.publish(
-                msg, headers=headers, correlation_id=correlation_id, reply_to=DIRECT_REPLY_TO
-            )
-        )
+        correlation_id, future = self._expect()
         try:
-            # A lost connection or a closed app fails the future while the publish may
-            # still wait for a reconnect: the caller hears of it at once.
-            await asyncio.wait((publishing, future), return_when=asyncio.FIRST_COMPLETED)
-            lost = None if publishing.done() else future.exception()
-            if lost is not None:
-                raise lost
-            message_id = await publishing
+            message_id = await self._send(msg, correlation_id, retry)
         except BaseException:
             self._waiting.pop(correlation_id, None)
-            publishing.cancel()
             raise
         return PendingReply(self, correlation_id, message_id, future, type(msg).reply_type())
 
     async def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
         """Publish a request and wait for its reply; `timeout` bounds both steps."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        if not self._started:
+            await self.start()
+        correlation_id, future = self._expect()
+        confirmed = False
         try:
             async with asyncio.timeout(timeout):
-                pending = await self.submit(msg, retry=retry)
+                await self._send(msg, correlation_id, retry)
+                confirmed = True
+                message = await future
         except TimeoutError:
+            if confirmed:
+                raise RPCTimeout(f"no reply within {timeout:g} s") from None
             raise RPCTimeout(f"the request was not confirmed within {timeout:g} s") from None
-        try:
-            return await pending.result(timeout=max(0.0, deadline - loop.time()))
-        except RPCTimeout:
-            raise RPCTimeout(f"no reply to {pending.message_id} within {timeout:g} s") from None
+        finally:
+            self._waiting.pop(correlation_id, None)
+        value: R = decode_reply(message, type(msg).reply_type())
+        return value

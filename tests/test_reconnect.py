@@ -61,19 +61,24 @@ async def test_a_worker_cut_off_mid_stream_reconnects_and_handles_every_message(
 
     @app.task(queue=f"{prefix}.jobs")
     async def work(msg: Job, ctx: Context) -> None:
-        await asyncio.sleep(0.002)  # some work, so deliveries are in flight at the cut
+        await asyncio.sleep(0.01)  # some work, so deliveries are in flight at the cut
         handled[ctx.message_id] += 1
 
     producer.register(Job)
-    worker = await start_worker(app, prefetch=20, concurrency=10)
+    async with app:
+        pass  # declares the worker's queue, so the producer can fill it first
     async with producer:
         published = {await producer.publish(Job(n=i)) for i in range(600)}
-        await eventually(lambda: len(handled) >= 150, timeout=30)
-        assert proxy.cut() == 1
-        await eventually(lambda: set(handled) >= published, timeout=60)
+    # Everything is queued before the worker starts, so the cut lands mid-stream.
+    worker = await start_worker(app, prefetch=20, concurrency=10)
+    connections = proxy.accepted
+    await eventually(lambda: len(handled) >= 150, timeout=30)
+    assert len(handled) < len(published)
+    assert proxy.cut() == 1
+    await eventually(lambda: set(handled) >= published, timeout=60)
 
     assert set(handled) == published
-    assert proxy.accepted == 2  # the first connection and the one after the cut
+    assert proxy.accepted == connections + 1  # the worker's one reconnect
     assert worker.handled >= len(published)
     await eventually(lambda: "reconnected to" in caplog.text)
     assert "guest:guest" not in caplog.text

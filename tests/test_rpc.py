@@ -381,11 +381,14 @@ async def test_a_call_made_while_the_broker_is_unreachable_ends_within_its_timeo
         proxy.cut(down="refuse")
         with pytest.raises(ConnectionFailed):
             await waiting
-        # The publish would wait for a reconnect. The call ends within its own timeout,
-        # or earlier, when a failed reconnect attempt closes the reply channel again.
+        # An RPC request is not held for a reconnect (its reply could not come back
+        # across one): the call fails at once, or at the latest within its timeout.
         with pytest.raises((RPCTimeout, ConnectionFailed)) as info:
             await producer.call(Add(a=2, b=2), timeout=1)
-        assert "not confirmed within 1 s" in str(info.value) or "replies" in str(info.value)
+        assert any(
+            reason in str(info.value)
+            for reason in ("connection lost", "not confirmed within 1 s", "replies")
+        )
         assert producer.rpc.in_flight == 0
         await proxy.restore()
 
@@ -422,7 +425,7 @@ async def test_closing_the_app_while_requests_are_being_published_fails_each_cal
     # Some are still waiting for their publish confirm, some for their reply.
     await client.close()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    assert [type(o) for o in outcomes] == [ConnectionFailed] * 50
+    assert [repr(o) for o in outcomes if not isinstance(o, ConnectionFailed)] == []
     for n in range(100, 150):
         rpc.gate(n).set()
 
