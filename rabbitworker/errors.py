@@ -13,7 +13,8 @@ aio-pika and aiormq errors are translated into them.
      │       └─ MessageTooLarge      body over the configured maximum
      ├─ DecodeError                  body is not valid JSON or fails validation
  │   └─ UnknownMessageType       no handler for the message's type on that queue
-     ├─ RPCError
+     ├─ HandlerTimeout               a handler ran past its task's timeout=
+ ├─ RPCError
      │   ├─ RPCTimeout
      │   └─ RemoteError              the handler raised; carries remote type and message
      ├─ Retry(delay=None)            raised by a handler: retry now or after delay
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "ConnectionFailed",
     "DecodeError",
+    "HandlerTimeout",
     "MessageTooLarge",
     "NotConfirmed",
     "PublishError",
@@ -94,6 +96,10 @@ class DecodeError(RabbitWorkerError):
 
 class UnknownMessageType(DecodeError):
     """A delivery whose type (routing key) has no handler on the queue it came from."""
+
+
+class HandlerTimeout(RabbitWorkerError, TimeoutError):
+    """A handler ran past its task's `timeout=`; counts as a failed attempt."""
 
 
 class RPCError(RabbitWorkerError):

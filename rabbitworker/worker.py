@@ -11,12 +11,11 @@ import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from . import followup
 from .acks import AckBatcher
 from .app import App, Handler
 from .connection import retry_across_reconnects
@@ -24,45 +23,18 @@ from .consumer import DirectQueue
 from .context import Context
 from .errors import (
     ConfigurationError,
-    DecodeError,
+    HandlerTimeout,
     MessageTooLarge,
     RabbitWorkerError,
     UnknownMessageType,
-    UnroutableError,
 )
 from .message import decode_body, encode_reply
 from .middleware import Middleware, Outcome
-from .publisher import PERSISTENT
-from .rpc import RPC_RETRY_HEADER, RPC_STATUS_HEADER, error_reply_body
-from .topology import (
-    dead_letter_exchange_name,
-    retry_exchange_name,
-    retry_queue_name,
-    retry_queue_spec,
-)
+from .rpc import RPC_RETRY_HEADER, error_reply_body
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("rabbitworker.worker")
-
-# Headers the broker manages; a copy we publish starts without them.
-_BROKER_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-delivery-count",
-    }
-)
-MAX_ERROR_MESSAGE = 2000
-
-
-class HandlerTimeout(TimeoutError):
-    """A handler ran past its task's `timeout=`."""
 
 
 class _SyncThreads(ThreadPoolExecutor):
@@ -488,14 +460,14 @@ class Worker:
         try:
             if outcome.kind == "ack":
                 if reply is not None:
-                    await self._reply(ctx, reply, "ok")
+                    await followup.reply(self.app, ctx, reply, "ok")
             elif outcome.kind == "retry":
-                await self._retry(ctx, message, outcome)
+                await followup.retry(self.app, ctx, message, outcome)
             else:
                 assert outcome.error is not None
                 if ctx.reply_to:
-                    await self._reply(ctx, error_reply_body(outcome.error), "error")
-                await self._dead_letter(ctx, message, outcome.error)
+                    await followup.reply(self.app, ctx, error_reply_body(outcome.error), "error")
+                await followup.dead_letter(self.app, ctx, message, outcome.error)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -522,114 +494,9 @@ class Worker:
                 exc,
             )
 
-    async def _reply(self, ctx: Context, body: bytes, status: str) -> None:
-        assert ctx.reply_to is not None
-        reply = aio_pika.Message(
-            body,
-            content_type="application/json",
-            correlation_id=ctx.correlation_id,
-            headers={RPC_STATUS_HEADER: status},
-        )
-        # The caller may have gone away; an undeliverable reply is not an error.
-        await self.app.publisher.send("", ctx.reply_to, reply, mandatory=False)
-
-    def _copy(
-        self, ctx: Context, message: AbstractIncomingMessage, extra: dict[str, Any]
-    ) -> aio_pika.Message:
-        headers = {k: v for k, v in ctx.headers.items() if k not in _BROKER_HEADERS}
-        headers.setdefault("x-original-routing-key", _original_routing_key(message, ctx.headers))
-        headers.update(extra)
-        return aio_pika.Message(
-            message.body,
-            content_type=message.content_type or "application/json",
-            content_encoding=message.content_encoding,
-            type=message.type or ctx.routing_key,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            delivery_mode=PERSISTENT,
-            headers=headers,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            priority=message.priority,
-            app_id=message.app_id,
-        )
-
-    async def _retry(
-        self, ctx: Context, message: AbstractIncomingMessage, outcome: Outcome
-    ) -> None:
-        copy = self._copy(ctx, message, {"x-attempt": ctx.attempt + 1})
-        error = outcome.error
-        log.warning(
-            "message %s on %s failed on attempt %d (%s: %s); retrying in %d ms",
-            ctx.message_id,
-            ctx.queue,
-            ctx.attempt,
-            type(error).__name__,
-            error,
-            outcome.delay_ms,
-        )
-        publisher = self.app.publisher
-        if outcome.delay_ms <= 0:
-            await publisher.send("", ctx.queue, copy)
-            return
-        spec = retry_queue_spec(
-            self.app.exchange, ctx.queue, outcome.delay_ms, self.app.settings.queue_type
-        )
-        await publisher.ensure_queue(spec)
-        try:
-            await publisher.send(retry_exchange_name(self.app.exchange), spec.name, copy)
-        except UnroutableError:
-            # The retry queue expired between our declarations; declare it and once more.
-            # (Not on NotConfirmed: the copy may have landed, and _settle requeues.)
-            publisher.forget_queue(retry_queue_name(ctx.queue, outcome.delay_ms))
-            await publisher.ensure_queue(spec)
-            await publisher.send(retry_exchange_name(self.app.exchange), spec.name, copy)
-
-    async def _dead_letter(
-        self, ctx: Context, message: AbstractIncomingMessage, error: BaseException
-    ) -> None:
-        text = getattr(error, "reason", None) or str(error) or type(error).__name__
-        copy = self._copy(
-            ctx,
-            message,
-            {
-                "x-attempt": ctx.attempt,
-                "x-error-type": _error_type(error),
-                "x-error-message": str(text)[:MAX_ERROR_MESSAGE],
-                "x-failed-at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "x-original-queue": ctx.queue,
-            },
-        )
-        if not isinstance(error, DecodeError | MessageTooLarge):
-            log.error(
-                "message %s on %s dead-lettered after attempt %d: %s: %s",
-                ctx.message_id,
-                ctx.queue,
-                ctx.attempt,
-                type(error).__name__,
-                text,
-            )
-        await self.app.publisher.send(
-            dead_letter_exchange_name(self.app.exchange), ctx.queue, copy, limit_size=False
-        )
-
 
 def _attempt(headers: dict[str, Any]) -> int:
     try:
         return max(1, int(headers.get("x-attempt", 1)))
     except (TypeError, ValueError):
         return 1
-
-
-def _error_type(error: BaseException) -> str:
-    kind = type(error)
-    module = kind.__module__
-    if module in ("builtins", "rabbitworker.errors", "rabbitworker.worker"):
-        return kind.__name__
-    return f"{module}.{kind.__qualname__}"
-
-
-def _original_routing_key(message: AbstractIncomingMessage, headers: dict[str, Any]) -> str:
-    # Retry copies carry the header from their first failure; a first delivery
-    # still has the routing key it was published with.
-    return str(headers.get("x-original-routing-key") or message.routing_key or "")
