@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check rabbitworker tests examples benchmarks
-	$(BIN)/ruff format --check rabbitworker tests examples benchmarks
+	$(BIN)/ruff check rabbitworker tests examples benchmarks scripts
+	$(BIN)/ruff format --check rabbitworker tests examples benchmarks scripts
 	$(BIN)/mypy --strict rabbitworker
 
 bench: $(STAMP)
