@@ -59,19 +59,24 @@ def main() -> int:
             print(producer.stderr, file=sys.stderr)
             return 1
         deadline = time.monotonic() + 10
-        handled = 0
+        handled = reports = 0
         for line in worker.stdout:
             print(f"  worker | {line}", end="")
             handled += "welcome email sent" in line
-            if handled == 3 or time.monotonic() > deadline:
+            reports += "rendered report" in line
+            if (handled == 3 and reports == 1) or time.monotonic() > deadline:
                 break
     finally:
         worker.send_signal(signal.SIGTERM)
-        rest, _ = worker.communicate(timeout=40)
-        for line in rest.splitlines():
-            print(f"  worker | {line}")
-    print(f"demo done: 3 emails and 1 report handled, worker exited with {worker.returncode}")
-    return 0 if handled == 3 and worker.returncode == 0 else 1
+        # Read the rest through the same buffered stream the loop above used.
+        for line in worker.stdout:
+            print(f"  worker | {line}", end="")
+        worker.wait(timeout=40)
+    print(
+        f"demo done: {handled} emails and {reports} report handled, "
+        f"worker exited with {worker.returncode}"
+    )
+    return 0 if handled == 3 and reports == 1 and worker.returncode == 0 else 1
 
 
 if __name__ == "__main__":
