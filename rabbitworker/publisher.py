@@ -96,20 +96,24 @@ def build_message(
     correlation_id: str | None = None,
     reply_to: str | None = None,
 ) -> aio_pika.Message:
-    """An AMQP message in rabbitworker's wire format (see the README's table)."""
-    all_headers: dict[str, Any] = {"x-attempt": 1}
-    if headers:
-        all_headers.update(headers)
-    return aio_pika.Message(
-        body,
-        content_type=JSON,
-        type=routing_key,
-        message_id=message_id or new_message_id(),
-        timestamp=datetime.now(UTC),
-        delivery_mode=PERSISTENT,
-        headers=all_headers,
+    """The same wire format as an aio-pika `Message`, for code that publishes raw."""
+    p = wire_properties(
+        routing_key,
+        headers=headers,
+        message_id=message_id,
         correlation_id=correlation_id,
         reply_to=reply_to,
+    )
+    return aio_pika.Message(
+        body,
+        content_type=p.content_type,
+        type=p.message_type,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        delivery_mode=PERSISTENT,
+        headers=p.headers,
+        correlation_id=p.correlation_id,
+        reply_to=p.reply_to,
     )
 
 
@@ -328,19 +332,11 @@ class Publisher:
         if not key:
             raise UnroutableError(f"{type(msg).__name__} declares no routing_key")
         body = msg.model_dump_json().encode()
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
-        if seconds and seconds > 0:
-            message = build_message(
-                body,
-                routing_key=key,
-                headers=headers,
-                message_id=message_id,
-                correlation_id=correlation_id,
-                reply_to=reply_to,
-            )
-            await self.send_delayed(message, key, quantize_delay_ms(seconds))
-            return message.message_id or ""
         self.check_size(body)
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        delay_ms = quantize_delay_ms(seconds) if seconds and seconds > 0 else 0
+        if delay_ms:
+            headers = {**(headers or {}), DELAY_HEADER: str(delay_ms)}
         properties = wire_properties(
             key,
             headers=headers,
@@ -348,13 +344,21 @@ class Publisher:
             correlation_id=correlation_id,
             reply_to=reply_to,
         )
-        await self.send_raw(self.exchange_name, key, body, properties, resend=resend)
+        if delay_ms:
+            await self._park(key, body, properties, delay_ms)
+        else:
+            await self.send_raw(self.exchange_name, key, body, properties, resend=resend)
         return properties.message_id or ""
 
-    async def send_delayed(
-        self, message: aio_pika.Message, routing_key: str, delay_ms: int
+    async def _park(
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        delay_ms: int,
     ) -> None:
-        """Park a message in a delay queue; it reaches the topic exchange on expiry.
+        """Put a message in the delay queue for `delay_ms` (its `rw-delay-ms` header
+        selects it); it reaches the topic exchange when its TTL expires.
 
         The broker cannot tell at this point whether the routing key will be
         routable later, so it is checked against the app's own bindings.
@@ -363,11 +367,8 @@ class Publisher:
             raise UnroutableError(
                 f"delayed publish: no queue of this app is bound for routing key {routing_key!r}"
             )
-        spec = delay_queue_spec(self.exchange_name, delay_ms, self.queue_type)
-        await self.ensure_queue(spec)
-        assert message.headers is not None
-        message.headers[DELAY_HEADER] = str(delay_ms)
-        await self.send(delay_exchange_name(self.exchange_name), routing_key, message)
+        await self.ensure_queue(delay_queue_spec(self.exchange_name, delay_ms, self.queue_type))
+        await self.send_raw(delay_exchange_name(self.exchange_name), routing_key, body, properties)
 
     async def ensure_queue(self, spec: QueueSpec) -> None:
         """Declare an expiring delay or retry queue if not declared recently.
