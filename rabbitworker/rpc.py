@@ -9,7 +9,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Generic
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustChannel
 from pydantic import ValidationError
 
 from .consumer import DirectQueue
@@ -161,6 +161,18 @@ class RPCClient:
         return correlation_id, future
 
     async def _send(self, msg: TaskMessage[Any], correlation_id: str, retry: bool) -> str:
+        channel = self.channel
+        if isinstance(channel, AbstractRobustChannel):
+            # The broker refuses a request to amq.rabbitmq.reply-to unless the reply
+            # consumer is on the channel: after a reconnect, wait until it is restored.
+            try:
+                async with asyncio.timeout(self.publisher.timeout):
+                    await channel.ready()
+            except TimeoutError:
+                raise ConnectionFailed(
+                    f"the connection to the broker was not back within "
+                    f"{self.publisher.timeout:g} s (publish_timeout)"
+                ) from None
         # Not published again after a reconnect: the reply-to channel is new by then,
         # so the caller hears of the lost connection at once (ConnectionFailed).
         return await self.publisher.publish(
