@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from .app import App
 from .errors import ConfigurationError, translate_broker_errors
+from .followup import is_broker_header
 from .publisher import PERSISTENT
 from .topology import dead_letter_queue_name
 
@@ -133,11 +134,7 @@ async def replay(app: App, queue: str, *, ids: Iterable[str] = (), everything: b
             headers = {
                 k: v
                 for k, v in (message.headers or {}).items()
-                if k not in _ERROR_HEADERS
-                and k != "x-delivery-count"
-                and not k.startswith("x-death")
-                and not k.startswith("x-first-death")
-                and not k.startswith("x-last-death")
+                if k not in _ERROR_HEADERS and not is_broker_header(k)
             }
             headers["x-attempt"] = 1
             headers["x-replayed"] = True

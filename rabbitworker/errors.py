@@ -12,9 +12,9 @@ aio-pika and aiormq errors are translated into them.
      │       ├─ NotConfirmed         broker nacked or timed out
      │       └─ MessageTooLarge      body over the configured maximum
      ├─ DecodeError                  body is not valid JSON or fails validation
- │   └─ UnknownMessageType       no handler for the message's type on that queue
+     │   └─ UnknownMessageType       no handler for the message's type on that queue
      ├─ HandlerTimeout               a handler ran past its task's timeout=
- ├─ RPCError
+     ├─ RPCError
      │   ├─ RPCTimeout
      │   └─ RemoteError              the handler raised; carries remote type and message
      ├─ Retry(delay=None)            raised by a handler: retry now or after delay

@@ -25,23 +25,19 @@ if TYPE_CHECKING:
     from .context import Context
     from .middleware import Outcome
 
-__all__ = ["copy_message", "dead_letter", "error_type", "reply", "retry"]
+__all__ = ["copy_message", "dead_letter", "error_type", "is_broker_header", "reply", "retry"]
 
 log = logging.getLogger("rabbitworker.worker")
 
-# Headers the broker manages; a copy we publish starts without them.
-_BROKER_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-        "x-delivery-count",
-    }
-)
+_BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-")
+
+
+def is_broker_header(name: str) -> bool:
+    """Whether a header is the broker's own bookkeeping (dead-lettering history, the
+    quorum delivery count): a copy we publish starts without them."""
+    return name == "x-delivery-count" or name.startswith(_BROKER_HEADER_PREFIXES)
+
+
 MAX_ERROR_MESSAGE = 2000
 
 
@@ -62,7 +58,7 @@ def copy_message(
     ctx: Context, message: AbstractIncomingMessage, extra: dict[str, Any]
 ) -> aio_pika.Message:
     """A copy of a delivery to publish again: same body, id and headers, plus `extra`."""
-    headers = {k: v for k, v in ctx.headers.items() if k not in _BROKER_HEADERS}
+    headers = {k: v for k, v in ctx.headers.items() if not is_broker_header(k)}
     # Retry copies carry it from their first failure; a first delivery still has the
     # routing key it was published with.
     headers.setdefault("x-original-routing-key", message.routing_key or "")
