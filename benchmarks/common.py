@@ -12,7 +12,7 @@ import aio_pika
 from pydantic import BaseModel
 
 from rabbitworker import TaskMessage
-from rabbitworker.publisher import build_message
+from rabbitworker.wire import message_properties
 
 __all__ = [
     "ECHO_KEY",
@@ -26,6 +26,7 @@ __all__ = [
     "prefill",
     "queue_ready",
     "unique",
+    "wire_message",
 ]
 
 JOB_KEY = "bench.job"
@@ -92,6 +93,20 @@ class Tally:
         return (self.count - 1) / span if span > 0 else float("nan")
 
 
+def wire_message(body: bytes, routing_key: str) -> aio_pika.Message:
+    """An aio-pika message in rabbitworker's wire format (for publishing raw)."""
+    p = message_properties(routing_key)
+    return aio_pika.Message(
+        body,
+        content_type=p.content_type,
+        type=p.type,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=p.headers,
+    )
+
+
 async def prefill(
     connection: aio_pika.abc.AbstractConnection, queue: str, count: int, batch: int = 1000
 ) -> None:
@@ -103,7 +118,7 @@ async def prefill(
             await asyncio.gather(
                 *(
                     exchange.publish(
-                        build_message(job(n).model_dump_json().encode(), routing_key=JOB_KEY),
+                        wire_message(job(n).model_dump_json().encode(), JOB_KEY),
                         queue,
                     )
                     for n in range(start, min(count, start + batch))

@@ -10,9 +10,8 @@ from contextlib import asynccontextmanager
 
 import aio_pika
 
-from rabbitworker import App
+from rabbitworker import App, Worker
 from rabbitworker.topology import QueueType
-from rabbitworker.worker import Worker
 
 from .common import Echo, EchoReply, Job, Tally, delete, job, prefill, unique
 
@@ -83,8 +82,11 @@ async def consume(url: str, queue_type: str, count: int, delay: float = 0.0) -> 
             tally.hit()
 
     async with bench_app(url, queue_type, register) as (app, queue):
-        assert app.connection is not None
-        await prefill(app.connection, queue, count)
+        connection = await aio_pika.connect(url)
+        try:
+            await prefill(connection, queue, count)
+        finally:
+            await connection.close()
         worker = Worker(app, concurrency=CONCURRENCY, prefetch=PREFETCH)
         await worker.start()
         try:
@@ -108,7 +110,9 @@ async def rpc_worker(url: str, queue_type: str) -> AsyncIterator[App]:
         worker = Worker(app, concurrency=CONCURRENCY, prefetch=PREFETCH)
         await worker.start()
         try:
-            async with app.clone() as caller:
+            caller = App("bench-caller", url=url, exchange=app.exchange)
+            caller.register(Echo)
+            async with caller:
                 for n in range(20):  # warm-up
                     await caller.call(Echo(n=n), timeout=10)
                 yield caller

@@ -1,60 +1,81 @@
-"""The `App`: the registry of message types and task handlers, the connection a
-producer or worker shares, and the module-level `publish`, `call` and `submit`."""
+"""The `App`: an application's tasks and settings, its connection to the broker,
+the producer API (`publish`, `call`, `submit`) and the current app that the
+module-level functions act on."""
 
 from __future__ import annotations
 
-import inspect
 import logging
-import sys
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-
-from .connection import connect, retry_across_reconnects
 from .errors import ConfigurationError
 from .message import R, TaskMessage
-from .middleware import Middleware
-from .publisher import Publisher
-from .retry import Retries, RetryPolicy
+from .middleware import Middleware, Retries
+from .policy import RetryPolicy
+from .producer import Producer
+from .registry import Registry, caller_namespace
 from .rpc import PendingReply, RPCClient
-from .settings import Settings, mask_url
-from .topology import QueueType, Topology, build_topology, declare, topic_matches
+from .settings import Settings
+from .topology import QueueType, Topology
+from .transport import Transport
 
 if TYPE_CHECKING:
     from .sync import SyncClient
 
-__all__ = ["App", "Handler", "call", "current_app", "load_app", "publish", "submit"]
+__all__ = ["App", "Session", "call", "current_app", "publish", "submit"]
 
 log = logging.getLogger("rabbitworker")
 
 F = TypeVar("F", bound=Callable[..., Any])
+TransportFactory = Callable[["App", Settings], Transport]
 
 
-@dataclass(frozen=True)
-class Handler:
-    """A registered task: the function and how its messages are consumed."""
+class Session:
+    """One open connection of an app: its transport, producer and RPC client.
 
-    fn: Callable[..., Any]
-    name: str
-    queue: str
-    message_type: type[TaskMessage[Any]]
-    is_async: bool
-    takes_context: bool
-    retry: RetryPolicy | None
-    timeout: float | None
+    An app has one for the event loop it was entered on; the blocking facade opens
+    its own on its background loop.
+    """
+
+    def __init__(self, app: App, transport: Transport) -> None:
+        s = app.settings
+        self.transport = transport
+        self.producer = Producer(
+            transport,
+            app.exchange,
+            queue_type=s.queue_type,
+            max_message_size=s.max_message_size,
+            is_bound=app.registry.is_bound,
+        )
+        self.rpc = RPCClient(transport, self.producer, timeout=s.publish_timeout)
+
+    @classmethod
+    async def open(cls, app: App) -> Session:
+        """Connect and declare the app's whole topology."""
+        transport = app.make_transport()
+        await transport.open()
+        try:
+            await transport.declare(app.topology())
+        except BaseException:
+            await transport.close()
+            raise
+        return cls(app, transport)
+
+    async def close(self, reason: str) -> None:
+        self.rpc.fail_all(reason)
+        await self.transport.close()
 
 
 class App:
-    """The registry of an application's tasks and its broker connection.
+    """An application's tasks and its connection to the broker.
 
     ``App("shop")`` reads the broker URL from ``RABBITWORKER_URL`` when it starts;
-    keyword options override any setting. ``async with app:`` connects, declares the
-    topology and makes the module-level `publish`/`call`/`submit` act on this app.
+    keyword options override any setting (see `Settings`). ``async with app:``
+    connects, declares the topology and makes the module-level `publish`, `call`
+    and `submit` act on this app.
     """
 
     def __init__(
@@ -71,26 +92,18 @@ class App:
     ) -> None:
         self.name = name
         self.exchange = exchange
-        self._overrides: dict[str, Any] = dict(settings)
-        if url is not None:
-            self._overrides["url"] = url
-        if queue_type is not None:
-            self._overrides["queue_type"] = queue_type
-        if delivery_limit is not None:
-            self._overrides["delivery_limit"] = delivery_limit
-        self.default_retry = retry or RetryPolicy()
+        overrides = {"url": url, "queue_type": queue_type, "delivery_limit": delivery_limit}
+        self._overrides: dict[str, Any] = {
+            **{k: v for k, v in overrides.items() if v is not None},
+            **settings,
+        }
+        self.registry = Registry(default_retry=retry)
         self.middleware: list[Middleware] = [Retries(), *middleware]
-        self.message_types: dict[str, type[TaskMessage[Any]]] = {}
-        self.handlers: dict[str, dict[str, Handler]] = {}
-        self.patterns: dict[str, set[str]] = {}
         self._settings: Settings | None = None
-        self.connection: AbstractRobustConnection | None = None
-        self.channel: AbstractChannel | None = None
-        self._publisher: Publisher | None = None
-        self._rpc: RPCClient | None = None
+        self._session: Session | None = None
         self._sync: SyncClient | None = None
         self._entered = 0
-        self._disconnected = False  # between a connection loss and the reconnect
+        self.transport_factory: TransportFactory | None = None  # rabbitworker.testing
 
     # -- registration -------------------------------------------------------
 
@@ -101,26 +114,19 @@ class App:
             try:
                 self._settings = Settings(**self._overrides)
             except ValueError as exc:
-                raise ConfigurationError(f"invalid settings: {exc}") from None
+                raise ConfigurationError(f"invalid settings: {_first_error(exc)}") from None
         return self._settings
 
     def configure(self, **settings: Any) -> None:
-        """Override settings (before the app starts), e.g. from CLI options."""
+        """Override settings (before the app starts), e.g. from CLI options; None
+        values are ignored."""
         self._overrides.update({k: v for k, v in settings.items() if v is not None})
         self._settings = None
 
     def register(self, message_type: type[TaskMessage[Any]]) -> None:
-        """Make a message type known; two types may not share a routing key."""
-        key = message_type.routing_key
-        if not key:
-            raise ConfigurationError(f"{message_type.__name__} declares no routing_key")
-        known = self.message_types.get(key)
-        if known is not None and known is not message_type:
-            raise ConfigurationError(
-                f"routing key {key!r} is used by both {known.__qualname__} and "
-                f"{message_type.__qualname__}"
-            )
-        self.message_types[key] = message_type
+        """Make a message type known without a handler (for a producer's CLI use);
+        raises `ConfigurationError` when another type has its routing key."""
+        self.registry.register(message_type)
 
     def task(
         self,
@@ -133,157 +139,74 @@ class App:
         """Register a handler for the message type of its first parameter.
 
         ``async def`` handlers run on the event loop, plain ``def`` ones in a thread
-        pool. An optional second parameter receives the `Context`. `bind` adds
-        explicit binding patterns (like ``"reports.*"``) to the queue.
-        Raises `ConfigurationError` for a duplicate handler or routing key.
+        pool. An optional second parameter receives the `Context`. `retry` defaults
+        to the app's policy (3 attempts, 1 s then 10 s apart); `timeout` fails an
+        attempt that runs longer; `bind` adds binding patterns (like
+        ``"reports.*"``) to the queue. Raises `ConfigurationError` for a duplicate
+        handler or routing key.
         """
 
         def decorate(func: F) -> F:
-            # The frame that applies the decorator can resolve annotations naming
-            # classes local to it (string annotations under `from __future__`).
-            caller = sys._getframe(1)
-            if caller.f_code is App.task.__code__:
-                caller = caller.f_back or caller
-            message_type, takes_context = _inspect_handler(func, caller.f_locals)
-            self.register(message_type)
-            on_queue = self.handlers.setdefault(queue, {})
-            key = message_type.routing_key
-            if key in on_queue:
-                raise ConfigurationError(
-                    f"queue {queue!r} already has a handler for {key!r}: {on_queue[key].name}"
-                )
-            on_queue[key] = Handler(
-                fn=func,
-                name=getattr(func, "__qualname__", repr(func)),
+            self.registry.add_task(
+                func,
                 queue=queue,
-                message_type=message_type,
-                is_async=inspect.iscoroutinefunction(func),
-                takes_context=takes_context,
                 retry=retry,
                 timeout=timeout,
+                bind=bind,
+                localns=caller_namespace(1),
             )
-            self.patterns.setdefault(queue, set()).update(bind)
             return func
 
         return decorate
 
     @property
     def queues(self) -> list[str]:
-        return sorted(self.handlers)
-
-    def bindings(self) -> dict[str, set[str]]:
-        """Each queue's binding keys: its handlers' routing keys and explicit patterns."""
-        return {
-            q: set(handlers) | self.patterns.get(q, set()) for q, handlers in self.handlers.items()
-        }
-
-    def is_bound(self, routing_key: str) -> bool:
-        return any(topic_matches(p, routing_key) for keys in self.bindings().values() for p in keys)
-
-    def policy_for(self, handler: Handler) -> RetryPolicy:
-        return handler.retry or self.default_retry
+        return self.registry.queues
 
     def topology(self) -> Topology:
         """The broker layout this app declares."""
-        steps: dict[str, list[int]] = {}
-        for queue, handlers in self.handlers.items():
-            for h in handlers.values():
-                steps.setdefault(queue, []).extend(self.policy_for(h).steps_ms())
         s = self.settings
-        return build_topology(
-            self.exchange,
-            dict(self.bindings()),
-            dict(steps),
-            queue_type=s.queue_type,
-            delivery_limit=s.delivery_limit,
+        return self.registry.topology(
+            self.exchange, queue_type=s.queue_type, delivery_limit=s.delivery_limit
+        )
+
+    def make_transport(self) -> Transport:
+        """A new, unopened transport to this app's broker."""
+        if self.transport_factory is not None:
+            return self.transport_factory(self, self.settings)
+        from ._amqp.transport import AmqpTransport
+
+        s = self.settings
+        return AmqpTransport(
+            s.url,
+            connect_timeout=s.connect_timeout,
+            publish_timeout=s.publish_timeout,
+            heartbeat=s.heartbeat,
+            name=f"rabbitworker:{self.name}",
         )
 
     # -- connection ---------------------------------------------------------
 
     async def connect(self) -> None:
         """Connect, declare the topology, open the confirmed publishing channel."""
-        if self.connection is not None:
-            return
-        s = self.settings
-        connection = await connect(
-            s.url,
-            timeout=s.connect_timeout,
-            heartbeat=s.heartbeat,
-            name=f"rabbitworker:{self.name}",
-        )
-
-        async def open_and_declare() -> AbstractChannel:
-            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            await declare(channel, self.topology())
-            return channel
-
-        try:
-            channel = await retry_across_reconnects(
-                connection,
-                f"open channel on {mask_url(s.url)}",
-                open_and_declare,
-                timeout=s.connect_timeout,
-            )
-        except BaseException:
-            await connection.close()
-            raise
-        self.connection, self.channel = connection, channel
-        self._publisher = Publisher(
-            channel,
-            self.exchange,
-            queue_type=s.queue_type,
-            timeout=s.publish_timeout,
-            max_message_size=s.max_message_size,
-            is_bound=self.is_bound,
-        )
-        self._rpc = RPCClient(channel, self._publisher)
-        connection.close_callbacks.add(self._on_connection_lost)
-        connection.reconnect_callbacks.add(self._on_reconnected)
-        log.info("connected to %s, exchange %s", mask_url(s.url), self.exchange)
-
-    def _on_connection_lost(self, _: Any, exc: BaseException | None = None) -> None:
-        # Also called by our own close(), which clears self.connection first, and
-        # after every failed reconnect attempt, which is not news.
-        if self.connection is None:
-            return
-        if not self._disconnected:
-            self._disconnected = True
-            log.warning(
-                "connection to %s lost (%s); reconnecting",
-                mask_url(self.settings.url),
-                type(exc).__name__ if exc is not None else "closed",
-            )
-        if self._rpc is not None:
-            self._rpc.fail_all("the connection to the broker was lost while waiting for a reply")
-
-    def _on_reconnected(self, *_: Any) -> None:
-        # aio-pika reopens every channel and re-declares what was declared on it:
-        # the whole topology (on the publishing channel), the reply-to consumer,
-        # each worker queue's prefetch and consumer.
-        self._disconnected = False
-        log.info("reconnected to %s; topology and consumers restored", mask_url(self.settings.url))
+        if self._session is None:
+            self._session = await Session.open(self)
 
     async def close(self) -> None:
         """Close the connection; the app can connect again later."""
         if self._sync is not None:
             self._sync.close()
             self._sync = None
-        connection, rpc = self.connection, self._rpc
-        if self._publisher is not None:
-            self._publisher.close()
-        self.connection, self.channel, self._publisher, self._rpc = None, None, None, None
-        if self in _current:
-            _current.remove(self)
-        if rpc is not None:
-            rpc.fail_all("the app was closed while waiting for a reply")
-        if connection is not None:
-            await connection.close()
+        session, self._session = self._session, None
+        _forget(self)
+        if session is not None:
+            await session.close("the app was closed while waiting for a reply")
 
     async def __aenter__(self) -> App:
         if self._entered == 0:
             await self.connect()
-            _current.append(self)
         self._entered += 1
+        _remember(self)
         return self
 
     async def __aexit__(
@@ -296,22 +219,19 @@ class App:
         if self._entered == 0:
             await self.close()
 
-    def _not_connected(self) -> ConfigurationError:
-        return ConfigurationError(
-            f"app {self.name!r} is not connected: use `async with app:` or `await app.connect()`"
-        )
+    @property
+    def session(self) -> Session:
+        """The open connection; raises `ConfigurationError` when there is none."""
+        if self._session is None:
+            raise ConfigurationError(
+                f"app {self.name!r} is not connected: use `async with app:` or "
+                "`await app.connect()`"
+            )
+        return self._session
 
     @property
-    def publisher(self) -> Publisher:
-        if self._publisher is None:
-            raise self._not_connected()
-        return self._publisher
-
-    @property
-    def rpc(self) -> RPCClient:
-        if self._rpc is None:
-            raise self._not_connected()
-        return self._rpc
+    def transport(self) -> Transport:
+        return self.session.transport
 
     # -- producing ----------------------------------------------------------
 
@@ -327,35 +247,29 @@ class App:
 
         With `delay` (seconds or a timedelta) it is delivered no earlier than that.
         Raises `UnroutableError` when no queue is bound for its routing key,
-        `NotConfirmed` on a nack or timeout, `MessageTooLarge`, `ConnectionFailed`.
+        `NotConfirmed` on a nack or timeout, `MessageTooLarge`, `HeaderError`,
+        `ConnectionFailed`.
         """
-        return await self.publisher.publish(
+        return await self.session.producer.publish(
             msg, headers=headers, delay=delay, message_id=message_id
         )
 
     async def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> PendingReply[R]:
-        """Publish an RPC request; await `.result(timeout=...)` on what it returns later."""
-        return await self.rpc.submit(msg, retry=retry)
+        """Publish an RPC request; await `.result(timeout=...)` on what it returns.
+
+        Returns once the broker confirmed the request (within `publish_timeout`).
+        """
+        return await self.session.rpc.submit(msg, retry=retry)
 
     async def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
         """Publish an RPC request and wait for its reply, validated as the reply type.
 
-        Raises `UnroutableError` at once for an unbound routing key, `RPCTimeout`,
-        `RemoteError` when the handler raised, `ConnectionFailed`.
-        By default a failed request is not retried; `retry=True` applies the task's policy.
+        `timeout` bounds the whole call. Raises `UnroutableError` at once for an
+        unbound routing key, `RPCTimeout`, `RemoteError` when the handler raised,
+        `ConnectionFailed`. By default a failed request is not retried; `retry=True`
+        applies the task's policy.
         """
-        return await self.rpc.call(msg, timeout=timeout, retry=retry)
-
-    def clone(self) -> App:
-        """An unconnected app with the same registry and settings, for another loop."""
-        other = App.__new__(App)
-        other.__dict__.update(self.__dict__)
-        other._settings = None
-        other.connection, other.channel = None, None
-        other._publisher, other._rpc, other._sync = None, None, None
-        other._entered = 0
-        other._disconnected = False
-        return other
+        return await self.session.rpc.call(msg, timeout=timeout, retry=retry)
 
     @property
     def sync(self) -> SyncClient:
@@ -370,38 +284,49 @@ class App:
         return f"App({self.name!r}, exchange={self.exchange!r}, queues={self.queues})"
 
 
-def _inspect_handler(
-    fn: Callable[..., Any], localns: Mapping[str, Any] | None = None
-) -> tuple[type[TaskMessage[Any]], bool]:
-    params = list(inspect.signature(fn).parameters.values())
-    name = getattr(fn, "__qualname__", repr(fn))
-    if not params or len(params) > 2:
-        raise ConfigurationError(
-            f"handler {name} must take the message and optionally a Context: (msg[, ctx])"
-        )
-    try:
-        hints = typing.get_type_hints(fn, localns=dict(localns or {}))
-    except Exception as exc:
-        raise ConfigurationError(f"handler {name}: cannot resolve annotations: {exc}") from None
-    message_type = hints.get(params[0].name)
-    if not (inspect.isclass(message_type) and issubclass(message_type, TaskMessage)):
-        raise ConfigurationError(
-            f"handler {name}: its first parameter must be annotated with a TaskMessage subclass"
-        )
-    return message_type, len(params) == 2
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+        return f"{where}: {first.get('msg', exc)}"
+    return str(exc).splitlines()[0]
 
 
-_current: list[App] = []
+# The app the module-level functions use: the one entered in this context (task)
+# if any, else the app connected most recently in the process. The fallback is what
+# serves a web framework whose lifespan enters the app in a task other than the
+# ones that handle requests.
+_current: ContextVar[App | None] = ContextVar("rabbitworker_current_app", default=None)
+_connected: list[App] = []
+
+
+def _remember(app: App) -> None:
+    _current.set(app)
+    if app in _connected:
+        _connected.remove(app)
+    _connected.append(app)
+
+
+def _forget(app: App) -> None:
+    if _current.get() is app:
+        _current.set(None)
+    if app in _connected:
+        _connected.remove(app)
 
 
 def current_app() -> App:
-    """The most recently connected app; raises `ConfigurationError` when none is."""
-    if not _current:
-        raise ConfigurationError(
-            "no rabbitworker app is connected: wrap the code in `async with app:` "
-            "or use app.publish()/app.call()"
-        )
-    return _current[-1]
+    """The app the module-level functions act on; raises `ConfigurationError` when
+    no app is connected."""
+    app = _current.get()
+    if app is not None and app._session is not None:
+        return app
+    if _connected:
+        return _connected[-1]
+    raise ConfigurationError(
+        "no rabbitworker app is connected: wrap the code in `async with app:` "
+        "or use app.publish()/app.call()"
+    )
 
 
 async def publish(
@@ -411,44 +336,15 @@ async def publish(
     delay: float | timedelta | None = None,
     message_id: str | None = None,
 ) -> str:
-    """`App.publish` on the connected app."""
+    """`App.publish` on the current app."""
     return await current_app().publish(msg, headers=headers, delay=delay, message_id=message_id)
 
 
 async def call(msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
-    """`App.call` on the connected app."""
+    """`App.call` on the current app."""
     return await current_app().call(msg, timeout=timeout, retry=retry)
 
 
 async def submit(msg: TaskMessage[R], *, retry: bool = False) -> PendingReply[R]:
-    """`App.submit` on the connected app."""
+    """`App.submit` on the current app."""
     return await current_app().submit(msg, retry=retry)
-
-
-def load_app(path: str) -> App:
-    """Import `module:attribute` and return the App there; raises `ConfigurationError`."""
-    import importlib
-    import os
-    import sys
-
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigurationError(f"--app must look like module:attribute, got {path!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import app module {module_name!r}: {exc}") from None
-    except Exception as exc:
-        raise ConfigurationError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from None
-    obj: Any = module
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r}")
-    if not isinstance(obj, App):
-        raise ConfigurationError(f"{path} is a {type(obj).__name__}, not a rabbitworker App")
-    return obj

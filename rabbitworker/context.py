@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from .middleware import Outcome
-
 if TYPE_CHECKING:
-    from .app import App
     from .message import TaskMessage
-    from .retry import RetryPolicy
+    from .middleware.base import Outcome
+    from .registry import Task
 
 __all__ = ["Context"]
 
 # Looked up once: getLogger takes the logging module's lock on every call.
 _TASK_LOG = logging.getLogger("rabbitworker.task")
+
+Publish = Callable[..., Awaitable[str]]
 
 
 class Context:
@@ -23,10 +24,12 @@ class Context:
 
     `attempt` is 1 on the first delivery and grows with each retry; `message_id`
     stays the same across retries, so it can serve as an idempotency key.
+    `publish()` sends a follow-up message through the worker's connection.
+    `state` is scratch space for middleware.
     """
 
     __slots__ = (
-        "app",
+        "_publish",
         "attempt",
         "correlation_id",
         "headers",
@@ -36,46 +39,43 @@ class Context:
         "queue",
         "redelivered",
         "reply_to",
-        "retry_policy",
         "routing_key",
-        "rpc_retry",
         "state",
+        "task",
     )
 
     def __init__(
         self,
         *,
-        app: App,
+        task: Task,
         queue: str,
         routing_key: str,
         message_id: str,
         attempt: int,
         headers: dict[str, Any],
-        retry_policy: RetryPolicy,
+        publish: Publish,
         correlation_id: str | None = None,
         reply_to: str | None = None,
         redelivered: bool = False,
-        rpc_retry: bool = False,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
-        self.app = app
+        self.task = task
         self.queue = queue
         self.routing_key = routing_key
         self.message_id = message_id
         self.attempt = attempt
         self.headers = headers
-        self.retry_policy = retry_policy
+        self._publish = publish
         self.correlation_id = correlation_id
         self.reply_to = reply_to
         self.redelivered = redelivered
-        self.rpc_retry = rpc_retry
         self.logger = logger or _TASK_LOG
         self.outcome: Outcome | None = None
-        self.state: dict[str, Any] = {}  # scratch space for middleware
+        self.state: dict[str, Any] = {}
 
     async def publish(self, msg: TaskMessage[Any], **kwargs: Any) -> str:
-        """Publish a follow-up message through the worker's app; see `App.publish`."""
-        return await self.app.publish(msg, **kwargs)
+        """Publish a follow-up message; the same options and errors as `App.publish`."""
+        return await self._publish(msg, **kwargs)
 
     def __repr__(self) -> str:
         return (

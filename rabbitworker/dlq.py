@@ -1,5 +1,6 @@
 """Dead-letter queue tooling: list, replay and purge what landed in `<queue>.dlq`,
-without losing anything (a replayed copy is confirmed before its dead letter goes)."""
+without losing anything (a replayed copy is confirmed before its dead letter goes).
+The CLI's `dlq` commands and the dashboard both act through these functions."""
 
 from __future__ import annotations
 
@@ -7,24 +8,36 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
-
-from .app import App
-from .errors import ConfigurationError, translate_broker_errors
-from .followup import is_broker_header
-from .publisher import PERSISTENT
+from .errors import ConfigurationError
 from .topology import dead_letter_queue_name
+from .transport import Delivery
+from .wire import (
+    ATTEMPT,
+    ERROR_HEADERS,
+    ERROR_MESSAGE,
+    ERROR_TYPE,
+    FAILED_AT,
+    ORIGINAL_QUEUE,
+    REPLAYED,
+    attempt_of,
+    copy_properties,
+    text_of,
+)
 
-__all__ = ["DeadLetter", "list_dead_letters", "purge", "replay"]
+if TYPE_CHECKING:
+    from .app import App
 
-_ERROR_HEADERS = ("x-error-type", "x-error-message", "x-failed-at")
+__all__ = ["DeadLetter", "describe", "list_dead_letters", "purge", "replay", "to_json"]
+
+_DEATH = "x-death"
 
 
 @dataclass(frozen=True)
 class DeadLetter:
+    """A dead letter as an operator reads it."""
+
     message_id: str
     type: str
     attempts: int
@@ -38,26 +51,22 @@ class DeadLetter:
         return asdict(self)
 
 
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes | bytearray) else str(value)
-
-
-def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
-    headers: dict[str, Any] = dict(message.headers or {})
-    error_type = _text(headers.get("x-error-type", ""))
-    error_message = _text(headers.get("x-error-message", ""))
-    failed_at = _text(headers.get("x-failed-at", ""))
-    original_queue = _text(headers.get("x-original-queue", queue))
+def describe(message: Delivery, queue: str) -> DeadLetter:
+    """What a dead letter of `queue` says about itself."""
+    headers = message.headers
+    error_type = text_of(headers.get(ERROR_TYPE, ""))
+    error_message = text_of(headers.get(ERROR_MESSAGE, ""))
+    failed_at = text_of(headers.get(FAILED_AT, ""))
+    original_queue = text_of(headers.get(ORIGINAL_QUEUE, queue))
     if not error_type:
         # Dead-lettered by the broker itself (delivery limit): x-death says why.
-        deaths = headers.get("x-death")
+        deaths = headers.get(_DEATH)
         if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
             death = deaths[0]  # the most recent
-            reason = _text(death.get("reason", "?"))
+            reason = text_of(death.get("reason", "?"))
             error_type = f"broker:{reason}"
             error_message = (
-                "delivered more often than the queue's x-delivery-limit: "
-                "the worker process probably died while handling it"
+                "delivered more often than the queue's x-delivery-limit"
                 if reason == "delivery_limit"
                 else f"dead-lettered by the broker ({reason})"
             )
@@ -65,19 +74,14 @@ def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
             failed_at = (
                 when.isoformat(timespec="milliseconds")
                 if isinstance(when, datetime)
-                else _text(when or "")
+                else text_of(when or "")
             )
-            original_queue = _text(death.get("queue", queue))
         else:
             error_type = "unknown"
-    try:
-        attempts = int(headers.get("x-attempt", 1))
-    except (TypeError, ValueError):
-        attempts = 1
     return DeadLetter(
-        message_id=message.message_id or "",
-        type=message.type or message.routing_key or "",
-        attempts=attempts,
+        message_id=message.message_id,
+        type=message.type,
+        attempts=attempt_of(headers),
         error_type=error_type,
         error_message=error_message,
         failed_at=failed_at,
@@ -86,99 +90,72 @@ def _describe(message: AbstractIncomingMessage, queue: str) -> DeadLetter:
     )
 
 
-async def _browse(
-    app: App, queue: str, limit: int | None
-) -> tuple[Any, list[AbstractIncomingMessage]]:
-    """Take up to `limit` dead letters unacknowledged on a fresh channel."""
-    if queue not in app.handlers:
+def _check_queue(app: App, queue: str) -> None:
+    if queue not in app.registry.tasks:
         raise ConfigurationError(
             f"unknown queue {queue!r}; app {app.name!r} has: {', '.join(app.queues) or '(none)'}"
         )
-    assert app.connection is not None
-    channel = await app.connection.channel(publisher_confirms=False)
-    dlq = await channel.get_queue(dead_letter_queue_name(queue), ensure=False)
-    taken: list[AbstractIncomingMessage] = []
-    while limit is None or len(taken) < limit:
-        with translate_broker_errors(f"read {dlq.name}"):
-            message = await dlq.get(no_ack=False, fail=False)
-        if message is None:
-            break
-        taken.append(message)
-    return channel, taken
 
 
 async def list_dead_letters(app: App, queue: str, *, limit: int = 50) -> list[DeadLetter]:
     """The first `limit` dead letters of `queue`, left in place."""
-    channel, taken = await _browse(app, queue, limit)
-    try:
-        return [_describe(m, queue) for m in taken]
-    finally:
-        await channel.close()  # everything taken goes back, in order
+    _check_queue(app, queue)
+    async with app.transport.browse(dead_letter_queue_name(queue)) as browser:
+        return [describe(m, queue) for m in await browser.take(limit)]
 
 
-async def replay(app: App, queue: str, *, ids: Iterable[str] = (), everything: bool = False) -> int:
-    """Send dead letters back to their original queue with `x-attempt` reset.
+async def replay(
+    app: App, queue: str, *, ids: Iterable[str] = (), everything: bool = False
+) -> list[str]:
+    """Send dead letters back to `queue`, the queue their dead-letter queue belongs
+    to, with `x-attempt` reset and the error headers removed. Each copy is confirmed
+    by the broker before its dead letter is acked. Returns the replayed ids.
 
-    Each copy is confirmed by the broker before its dead letter is acked.
-    Returns how many were replayed.
+    Raises `ConfigurationError` for a queue the app does not have, or for ids that
+    are not in the dead-letter queue (then nothing is replayed).
     """
+    _check_queue(app, queue)
     wanted = set(ids)
     if not wanted and not everything:
         raise ConfigurationError("name the dead letters to replay (--id) or pass --all")
-    channel, taken = await _browse(app, queue, None)
-    count = 0
-    try:
-        for message in taken:
-            if not everything and message.message_id not in wanted:
-                continue
-            headers = {
-                k: v
-                for k, v in (message.headers or {}).items()
-                if k not in _ERROR_HEADERS and not is_broker_header(k)
-            }
-            headers["x-attempt"] = 1
-            headers["x-replayed"] = True
-            target = str((message.headers or {}).get("x-original-queue", queue))
-            copy = aio_pika.Message(
-                message.body,
-                content_type=message.content_type or "application/json",
-                type=message.type,
-                message_id=message.message_id,
-                timestamp=message.timestamp,
-                delivery_mode=PERSISTENT,
-                headers=headers,
-                correlation_id=message.correlation_id,
+    transport = app.transport
+    async with transport.browse(dead_letter_queue_name(queue)) as browser:
+        taken = [m for m in await browser.take() if everything or m.message_id in wanted]
+        missing = wanted - {m.message_id for m in taken}
+        if missing:
+            raise ConfigurationError(
+                f"not in {dead_letter_queue_name(queue)}: {', '.join(sorted(missing))}"
             )
-            await app.publisher.send("", target, copy)
+        replayed = []
+        for message in taken:
+            properties = copy_properties(
+                message.properties,
+                routing_key=message.routing_key,
+                set_headers={ATTEMPT: 1, REPLAYED: True},
+                drop_headers=ERROR_HEADERS,
+            )
+            await transport.send("", queue, message.body, properties)
             await message.ack()
-            count += 1
-    finally:
-        await channel.close()
-    return count
+            replayed.append(message.message_id)
+    return replayed
 
 
 async def purge(app: App, queue: str, *, ids: Iterable[str] = ()) -> int:
-    """Delete the named dead letters of `queue`, or all of them when none is named."""
+    """Delete the named dead letters of `queue` (all of them when none is named);
+    returns how many. Raises `ConfigurationError` for ids that are not there."""
+    _check_queue(app, queue)
+    name = dead_letter_queue_name(queue)
     wanted = set(ids)
     if not wanted:
-        assert app.connection is not None
-        channel = await app.connection.channel()
-        try:
-            dlq = await channel.get_queue(dead_letter_queue_name(queue), ensure=False)
-            result = await dlq.purge()
-            return int(getattr(result, "message_count", 0) or 0)
-        finally:
-            await channel.close()
-    channel, taken = await _browse(app, queue, None)
-    count = 0
-    try:
+        return await app.transport.purge(name)
+    async with app.transport.browse(name) as browser:
+        taken = [m for m in await browser.take() if m.message_id in wanted]
+        missing = wanted - {m.message_id for m in taken}
+        if missing:
+            raise ConfigurationError(f"not in {name}: {', '.join(sorted(missing))}")
         for message in taken:
-            if message.message_id in wanted:
-                await message.ack()
-                count += 1
-    finally:
-        await channel.close()
-    return count
+            await message.ack()
+    return len(taken)
 
 
 def to_json(letters: list[DeadLetter]) -> str:

@@ -1,34 +1,33 @@
-"""Every exception rabbitworker raises, under one root, and the one place where
-aio-pika and aiormq errors are translated into them.
+"""Every exception rabbitworker raises, under one root.
 
 ::
 
     RabbitWorkerError
-     ├─ ConfigurationError           bad settings, unknown app path, duplicate handler
+     ├─ ConfigurationError           bad settings or URL, unknown app path, duplicate handler
      ├─ BrokerError
-     │   ├─ ConnectionFailed
+     │   ├─ ConnectionFailed         no connection to the broker, or it was lost
      │   └─ PublishError
      │       ├─ UnroutableError      no queue bound for the routing key
-     │       ├─ NotConfirmed         broker nacked or timed out
-     │       └─ MessageTooLarge      body over the configured maximum
+     │       ├─ NotConfirmed         broker nacked or timed out (or blocks publishers)
+     │       ├─ MessageTooLarge      body over the configured maximum
+     │       └─ HeaderError          a header value AMQP cannot carry
      ├─ DecodeError                  body is not valid JSON or fails validation
      │   └─ UnknownMessageType       no handler for the message's type on that queue
      ├─ HandlerTimeout               a handler ran past its task's timeout=
+     ├─ WorkerCrashed                worker processes died while running the message alone
      ├─ RPCError
      │   ├─ RPCTimeout
      │   └─ RemoteError              the handler raised; carries remote type and message
      ├─ Retry(delay=None)            raised by a handler: retry now or after delay
      └─ Reject(reason)               raised by a handler: dead-letter at once, no retries
+
+The client library's exceptions are translated into these at one boundary, the
+table in `rabbitworker._amqp.errors`, and never reach users.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
-
-import aiormq.exceptions
 
 __all__ = [
     "BrokerError",
@@ -36,6 +35,7 @@ __all__ = [
     "ConnectionFailed",
     "DecodeError",
     "HandlerTimeout",
+    "HeaderError",
     "MessageTooLarge",
     "NotConfirmed",
     "PublishError",
@@ -47,8 +47,7 @@ __all__ = [
     "Retry",
     "UnknownMessageType",
     "UnroutableError",
-    "translate_broker_error",
-    "translate_broker_errors",
+    "WorkerCrashed",
 ]
 
 
@@ -57,7 +56,8 @@ class RabbitWorkerError(Exception):
 
 
 class ConfigurationError(RabbitWorkerError):
-    """Bad settings, an app path that does not import, a duplicate handler."""
+    """Bad settings or URL, an app path that does not import, a duplicate handler,
+    or a broker object that exists with other arguments."""
 
 
 class BrokerError(RabbitWorkerError):
@@ -65,7 +65,15 @@ class BrokerError(RabbitWorkerError):
 
 
 class ConnectionFailed(BrokerError):
-    """No connection to the broker, or it was lost."""
+    """No connection to the broker, or it was lost.
+
+    `permanent` is true when trying again cannot help (wrong password, unknown
+    vhost, no permission): callers give up at once instead of retrying.
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class PublishError(BrokerError):
@@ -82,6 +90,15 @@ class NotConfirmed(PublishError):
 
 class MessageTooLarge(PublishError):
     """The encoded message is larger than the configured maximum."""
+
+
+class HeaderError(PublishError):
+    """A header AMQP cannot carry: a key over 255 bytes, an int over 64 bits, an
+    unknown type. `header` is the top-level key; the message names the nested path."""
+
+    def __init__(self, message: str, *, header: str) -> None:
+        super().__init__(message)
+        self.header = header
 
 
 class DecodeError(RabbitWorkerError):
@@ -101,6 +118,11 @@ class UnknownMessageType(DecodeError):
 
 class HandlerTimeout(RabbitWorkerError, TimeoutError):
     """A handler ran past its task's `timeout=`; counts as a failed attempt."""
+
+
+class WorkerCrashed(RabbitWorkerError):
+    """Worker processes died (segfault, `os._exit`, out-of-memory kill) while the
+    message ran alone in them, as often as the queue's `delivery_limit` allows."""
 
 
 class RPCError(RabbitWorkerError):
@@ -140,56 +162,3 @@ class Reject(RabbitWorkerError):
     def __init__(self, reason: str = "rejected") -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@contextmanager
-def translate_broker_errors(what: str) -> Iterator[None]:
-    """Map aio-pika/aiormq exceptions raised inside the block to rabbitworker errors.
-
-    This is the one boundary where client-library exceptions are translated.
-    """
-    try:
-        yield
-    except BaseException as exc:
-        error = translate_broker_error(exc, what)
-        if error is None:
-            raise
-        raise error from exc
-
-
-def translate_broker_error(exc: BaseException, what: str) -> RabbitWorkerError | None:
-    """The rabbitworker error for a client-library exception; None to let it through.
-
-    The mapping behind `translate_broker_errors`, for a hot path that should not pay
-    for a context manager per call: it catches `BaseException`, asks this function,
-    re-raises as is on None and otherwise raises the answer `from` the original.
-    """
-    if isinstance(exc, RabbitWorkerError):
-        return None
-    if isinstance(exc, aiormq.exceptions.PublishError):
-        frame = getattr(exc, "frame", None)
-        key = getattr(frame, "routing_key", "?")
-        return UnroutableError(f"{what}: no queue is bound for routing key {key!r}")
-    if isinstance(exc, aiormq.exceptions.DeliveryError):
-        return NotConfirmed(f"{what}: the broker did not confirm the message")
-    if isinstance(exc, TimeoutError):
-        return NotConfirmed(f"{what}: timed out waiting for the broker")
-    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
-        return ConnectionFailed(f"{what}: authentication failed")
-    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
-        return ConfigurationError(f"{what}: {exc}")
-    if isinstance(exc, aiormq.exceptions.AMQPError):
-        return ConnectionFailed(f"{what}: {exc}")
-    if isinstance(exc, aiormq.exceptions.ChannelInvalidStateError):
-        # A RuntimeError, not an AMQPError: the channel is closed, as while reconnecting.
-        return ConnectionFailed(f"{what}: the channel is closed (connection lost)")
-    if isinstance(exc, ConnectionError | OSError):
-        return ConnectionFailed(f"{what}: {exc}")
-    if isinstance(exc, asyncio.CancelledError):
-        # Closing a channel cancels the confirms it still owes. Only a cancellation of
-        # the task itself (cancelling() > 0) may leave here as a CancelledError.
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            return None
-        return ConnectionFailed(f"{what}: the channel closed before the broker answered")
-    return None

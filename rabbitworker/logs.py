@@ -4,7 +4,8 @@ every log line and error message, whoever wrote it."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote, urlsplit
+
+from .urls import url_secrets
 
 __all__ = ["MaskPassword", "hide_password", "mask_secrets", "setup_logging"]
 
@@ -14,14 +15,7 @@ _secrets: set[str] = set()
 def hide_password(url: str) -> None:
     """Mask this URL's password from now on, as written and percent-decoded
     (client libraries report either form)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return
-    # A password equal to the user name (guest:guest) is no secret: masked URLs
-    # show the user name, and masking it everywhere would garble every line.
-    if parts.password and parts.password != parts.username:
-        _secrets.update({parts.password, unquote(parts.password)})
+    _secrets.update(url_secrets(url))
 
 
 def mask_secrets(text: str) -> str:
@@ -65,5 +59,5 @@ def setup_logging(level: str, url: str) -> None:
     root.setLevel(level)
     if level != "DEBUG":
         # rabbitworker reports connection trouble itself, once and in its own words.
-        logging.getLogger("aio_pika").setLevel(logging.WARNING)
+        logging.getLogger("aio_pika").setLevel(logging.ERROR)
         logging.getLogger("aiormq").setLevel(logging.CRITICAL)

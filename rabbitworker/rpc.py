@@ -7,31 +7,19 @@ import asyncio
 import json
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Generic
+from typing import Any, Generic
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustChannel
 from pydantic import ValidationError
 
-from .consumer import DirectQueue
 from .errors import ConnectionFailed, DecodeError, RemoteError, RPCTimeout
 from .message import R, TaskMessage, reply_adapter
-from .topology import DIRECT_REPLY_TO
+from .producer import Producer
+from .transport import Delivery, Transport
+from .wire import DIRECT_REPLY_TO, RPC_RETRY, RPC_STATUS
 
-if TYPE_CHECKING:
-    from .publisher import Publisher
-
-__all__ = [
-    "RPC_RETRY_HEADER",
-    "RPC_STATUS_HEADER",
-    "PendingReply",
-    "RPCClient",
-    "error_reply_body",
-]
+__all__ = ["PendingReply", "RPCClient", "decode_reply", "error_reply_body"]
 
 log = logging.getLogger("rabbitworker.rpc")
-
-RPC_STATUS_HEADER = "x-rpc-status"  # "ok" or "error" on every reply
-RPC_RETRY_HEADER = "x-rpc-retry"  # set on requests whose caller allows retries
 
 
 def error_reply_body(error: BaseException) -> bytes:
@@ -39,7 +27,8 @@ def error_reply_body(error: BaseException) -> bytes:
     if isinstance(error, RemoteError):
         kind, text = error.remote_type, error.remote_message
     else:
-        kind, text = type(error).__name__, str(error)
+        explicit = getattr(error, "wire_error_type", None)
+        kind, text = explicit or type(error).__name__, str(error)
     return json.dumps({"type": kind, "message": text}).encode()
 
 
@@ -51,7 +40,7 @@ class PendingReply(Generic[R]):
         client: RPCClient,
         correlation_id: str,
         message_id: str,
-        future: asyncio.Future[Any],
+        future: asyncio.Future[Delivery],
         reply_type: Any,
     ) -> None:
         self._client = client
@@ -64,7 +53,9 @@ class PendingReply(Generic[R]):
         return self._future.done()
 
     async def result(self, timeout: float | None = None) -> R:
-        """Wait for the reply; raises `RPCTimeout`, `RemoteError` or `ConnectionFailed`."""
+        """Wait for the reply; raises `RPCTimeout`, `RemoteError` or `ConnectionFailed`.
+
+        `timeout=None` waits as long as it takes."""
         if self._future.cancelled():
             raise RPCTimeout(f"the wait for a reply to {self.message_id} already timed out")
         try:
@@ -79,10 +70,9 @@ class PendingReply(Generic[R]):
         return value
 
 
-def decode_reply(message: AbstractIncomingMessage, reply_type: Any) -> Any:
+def decode_reply(message: Delivery, reply_type: Any) -> Any:
     """The reply's value validated as `reply_type`; raises `RemoteError` for an error reply."""
-    headers = message.headers or {}
-    if headers.get(RPC_STATUS_HEADER) == "error":
+    if message.headers.get(RPC_STATUS) == "error":
         try:
             err = json.loads(message.body)
             remote = RemoteError(str(err["type"]), str(err["message"]))
@@ -102,40 +92,37 @@ class RPCClient:
     future in a map keyed by correlation id.
     """
 
-    def __init__(self, channel: AbstractChannel, publisher: Publisher) -> None:
-        self.channel = channel
-        self.publisher = publisher
-        self._waiting: dict[str, asyncio.Future[AbstractIncomingMessage]] = {}
+    def __init__(self, transport: Transport, producer: Producer, *, timeout: float) -> None:
+        self.transport = transport
+        self.producer = producer
+        self.timeout = timeout  # bounds submit(): the reply consumer's start and the confirm
+        self._waiting: dict[str, asyncio.Future[Delivery]] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
-        # Direct reply-to replies are bound to the channel that sent the request: when
-        # it closes (the robust channel then reopens), no reply to a waiting call can
-        # arrive any more.
-        channel.close_callbacks.add(self._on_channel_closed)
 
     async def start(self) -> None:
         async with self._start_lock:
-            if self._started:
-                return
-            # One task per reply, not aio-pika's two; what this channel declares
-            # elsewhere (the topology) is never consumed, so the class changes nothing
-            # for it.
-            self.channel.QUEUE_CLASS = DirectQueue
-            queue = await self.channel.declare_queue(DIRECT_REPLY_TO, passive=True)
-            await queue.consume(self._on_reply, no_ack=True)
-            self._started = True
+            if not self._started:
+                await self.transport.consume_replies(self._on_reply, self._on_lost)
+                self._started = True
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._waiting.pop(message.correlation_id or "", None)
+    async def _on_reply(self, message: Delivery) -> None:
+        future = self._waiting.pop(message.properties.correlation_id or "", None)
         if future is None or future.done():
-            log.debug("dropping a late or unknown reply, correlation id %s", message.correlation_id)
+            log.debug(
+                "dropping a late or unknown reply, correlation id %s",
+                message.properties.correlation_id,
+            )
             return
         future.set_result(message)
 
-    def _on_channel_closed(self, _: Any, exc: BaseException | None) -> None:
+    def _on_lost(self, reason: str) -> None:
+        # Direct reply-to replies are bound to the channel that sent the request: when
+        # it closes (the robust channel then reopens), no reply to a waiting call can
+        # arrive any more.
         if self._waiting:
-            reason = f": {exc}" if exc and not isinstance(exc, asyncio.CancelledError) else ""
-            self.fail_all(f"the channel carrying the replies was closed{reason}")
+            why = f": {reason}" if reason else ""
+            self.fail_all(f"the channel carrying the replies was closed{why}")
 
     def forget(self, correlation_id: str) -> None:
         self._waiting.pop(correlation_id, None)
@@ -154,51 +141,43 @@ class RPCClient:
     def in_flight(self) -> int:
         return len(self._waiting)
 
-    def _expect(self) -> tuple[str, asyncio.Future[AbstractIncomingMessage]]:
+    def _expect(self) -> tuple[str, asyncio.Future[Delivery]]:
         correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = future
         return correlation_id, future
 
     async def _send(self, msg: TaskMessage[Any], correlation_id: str, retry: bool) -> str:
-        channel = self.channel
-        if isinstance(channel, AbstractRobustChannel):
-            # The broker refuses a request to amq.rabbitmq.reply-to unless the reply
-            # consumer is on the channel: after a reconnect, wait until it is restored.
-            try:
-                async with asyncio.timeout(self.publisher.timeout):
-                    await channel.ready()
-            except TimeoutError:
-                raise ConnectionFailed(
-                    f"the connection to the broker was not back within "
-                    f"{self.publisher.timeout:g} s (publish_timeout)"
-                ) from None
-        # Not published again after a reconnect: the reply-to channel is new by then,
-        # so the caller hears of the lost connection at once (ConnectionFailed).
-        return await self.publisher.publish(
+        if not self._started:
+            await self.start()
+        # Not published again after a reconnect (the transport sees the reply-to): the
+        # reply channel is new by then, so the caller hears of the loss at once.
+        return await self.producer.publish(
             msg,
-            headers={RPC_RETRY_HEADER: True} if retry else None,
+            headers={RPC_RETRY: True} if retry else None,
             correlation_id=correlation_id,
             reply_to=DIRECT_REPLY_TO,
-            resend=False,
         )
 
     async def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> PendingReply[R]:
-        """Publish a request; returns once the broker confirmed it."""
-        if not self._started:
-            await self.start()
+        """Publish a request; returns once the broker confirmed it, within the
+        publish timeout."""
         correlation_id, future = self._expect()
         try:
-            message_id = await self._send(msg, correlation_id, retry)
+            async with asyncio.timeout(self.timeout):
+                message_id = await self._send(msg, correlation_id, retry)
+        except TimeoutError:
+            self._waiting.pop(correlation_id, None)
+            raise RPCTimeout(
+                f"the request was not confirmed within {self.timeout:g} s (publish_timeout)"
+            ) from None
         except BaseException:
             self._waiting.pop(correlation_id, None)
             raise
         return PendingReply(self, correlation_id, message_id, future, type(msg).reply_type())
 
     async def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
-        """Publish a request and wait for its reply; `timeout` bounds both steps."""
-        if not self._started:
-            await self.start()
+        """Publish a request and wait for its reply; `timeout` bounds every step."""
         correlation_id, future = self._expect()
         confirmed = False
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import CancelledError, Future
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -16,7 +16,7 @@ from .message import R, TaskMessage
 from .rpc import PendingReply
 
 if TYPE_CHECKING:
-    from .app import App
+    from .app import App, Session
 
 __all__ = ["SyncClient", "SyncPendingReply"]
 
@@ -36,7 +36,7 @@ class SyncPendingReply(Generic[R]):
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for the reply; raises like `PendingReply.result`."""
-        return self._client._run(self._pending.result(timeout=timeout), on=self._loop)
+        return self._client._run(lambda _: self._pending.result(timeout=timeout), on=self._loop)
 
 
 class SyncClient:
@@ -48,7 +48,8 @@ class SyncClient:
     """
 
     def __init__(self, app: App) -> None:
-        self._app = app.clone()
+        self._app = app
+        self._session: Session | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -66,8 +67,10 @@ class SyncClient:
         thread = threading.Thread(target=run, name="rabbitworker-sync-client", daemon=True)
         thread.start()
         ready.wait()
+        from .app import Session
+
         try:
-            asyncio.run_coroutine_threadsafe(self._app.connect(), loop).result()
+            self._session = asyncio.run_coroutine_threadsafe(Session.open(self._app), loop).result()
         except BaseException:
             _stop(loop, thread)
             raise
@@ -76,24 +79,25 @@ class SyncClient:
         return loop
 
     def _schedule(
-        self, coro: Coroutine[Any, Any, T], on: asyncio.AbstractEventLoop | None
+        self,
+        make: Callable[[Session], Coroutine[Any, Any, T]],
+        on: asyncio.AbstractEventLoop | None,
     ) -> tuple[Future[T], asyncio.AbstractEventLoop]:
         with self._lock:
             if on is not None and on is not self._loop:
-                coro.close()
                 raise ConnectionFailed("the blocking client was closed since the request was sent")
-            try:
-                loop = self._loop or self._start()
-            except BaseException:
-                coro.close()
-                raise
+            loop = self._loop or self._start()
+            assert self._session is not None
             # Scheduled under the lock, so close() either sees this call or comes first.
-            return asyncio.run_coroutine_threadsafe(coro, loop), loop
+            return asyncio.run_coroutine_threadsafe(make(self._session), loop), loop
 
     def _run(
-        self, coro: Coroutine[Any, Any, T], *, on: asyncio.AbstractEventLoop | None = None
+        self,
+        make: Callable[[Session], Coroutine[Any, Any, T]],
+        *,
+        on: asyncio.AbstractEventLoop | None = None,
     ) -> T:
-        future, _ = self._schedule(coro, on)
+        future, _ = self._schedule(make, on)
         return _wait(future)
 
     def publish(
@@ -106,29 +110,30 @@ class SyncClient:
     ) -> str:
         """Blocking `App.publish`; returns the message id once confirmed."""
         return self._run(
-            self._app.publish(msg, headers=headers, delay=delay, message_id=message_id)
+            lambda s: s.producer.publish(msg, headers=headers, delay=delay, message_id=message_id)
         )
 
     def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
         """Blocking `App.call`."""
-        return self._run(self._app.call(msg, timeout=timeout, retry=retry))
+        return self._run(lambda s: s.rpc.call(msg, timeout=timeout, retry=retry))
 
     def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> SyncPendingReply[R]:
         """Blocking `App.submit`; `.result(timeout)` on what it returns waits for the reply."""
-        future, loop = self._schedule(self._app.submit(msg, retry=retry), None)
+        future, loop = self._schedule(lambda s: s.rpc.submit(msg, retry=retry), None)
         return SyncPendingReply(self, _wait(future), loop)
 
     def close(self) -> None:
         """Close the connection and stop the background loop; calls still waiting
         raise `ConnectionFailed`. The client starts again if used afterwards."""
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop, self._thread = None, None
-        if loop is None or thread is None:
+            loop, thread, session = self._loop, self._thread, self._session
+            self._loop, self._thread, self._session = None, None, None
+        if loop is None or thread is None or session is None:
             return
         atexit.unregister(self.close)
         try:
-            asyncio.run_coroutine_threadsafe(self._app.close(), loop).result(timeout=10)
+            closing = session.close("the blocking client was closed while waiting for a reply")
+            asyncio.run_coroutine_threadsafe(closing, loop).result(timeout=10)
         finally:
             _stop(loop, thread)
 

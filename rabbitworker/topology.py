@@ -9,8 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustChannel
+from .wire import DELAY
 
 __all__ = [
     "ExchangeSpec",
@@ -20,7 +19,6 @@ __all__ = [
     "build_topology",
     "dead_letter_exchange_name",
     "dead_letter_queue_name",
-    "declare",
     "delay_exchange_name",
     "delay_queue_name",
     "delay_queue_spec",
@@ -29,12 +27,15 @@ __all__ = [
     "retry_exchange_name",
     "retry_queue_name",
     "retry_queue_spec",
+    "suspect_queue_name",
     "topic_matches",
 ]
 
 QueueType = Literal["quorum", "classic"]
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
-DELAY_HEADER = "rw-delay-ms"
+
+# An expiring (retry or delay) queue in use is declared again at least this often,
+# which resets its x-expires timer.
+REDECLARE_S = 30.0
 
 
 def retry_exchange_name(exchange: str) -> str:
@@ -57,6 +58,11 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dlq"
 
 
+def suspect_queue_name(queue: str) -> str:
+    """Where the messages a dead worker process held wait to run one at a time."""
+    return f"{queue}.suspect"
+
+
 def delay_queue_name(exchange: str, delay_ms: int) -> str:
     return f"{exchange}.delay.{delay_ms}"
 
@@ -76,13 +82,10 @@ def quantize_delay_ms(seconds: float) -> int:
 
 
 def delay_queue_expiry_ms(delay_ms: int) -> int:
-    # A delay queue is redeclared at least every DELAY_REDECLARE_S while in use, and
+    # A delay queue is redeclared at least every REDECLARE_S while in use, and
     # expires only after twice its TTL plus a minute unused: a message always
     # leaves it before it can expire.
     return 2 * delay_ms + 60_000
-
-
-DELAY_REDECLARE_S = 30.0
 
 
 def queue_arguments(
@@ -186,7 +189,7 @@ def delay_queue_spec(exchange: str, delay_ms: int, queue_type: QueueType) -> Que
         # Matched on a header, not the routing key: the message must keep its own
         # routing key to be routed by the topic exchange when it expires.
         bindings=((delay_exchange_name(exchange), ""),),
-        binding_arguments={"x-match": "all", DELAY_HEADER: str(delay_ms)},
+        binding_arguments={"x-match": "all", DELAY: str(delay_ms)},
         role="delay",
     )
 
@@ -227,6 +230,18 @@ def build_topology(
         )
         specs.append(
             QueueSpec(
+                name=suspect_queue_name(queue),
+                arguments=queue_arguments(
+                    queue_type,
+                    dead_letter_exchange=dlx,
+                    dead_letter_routing_key=queue,
+                    delivery_limit=delivery_limit,
+                ),
+                role="crash suspects",
+            )
+        )
+        specs.append(
+            QueueSpec(
                 name=dead_letter_queue_name(queue),
                 arguments=queue_arguments(queue_type),
                 bindings=((dlx, queue),),
@@ -240,31 +255,6 @@ def build_topology(
         "queues on demand (x-expires; delays rounded up to 2 significant digits of ms)",
     )
     return Topology(exchanges, tuple(specs), notes)
-
-
-async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
-    if spec.expires and isinstance(channel, AbstractRobustChannel):
-        # Expiring queues are redeclared on use; a robust channel would also keep
-        # every redeclaration in its restore list, which grows with uptime.
-        rqueue = await channel.declare_queue(
-            spec.name, durable=True, arguments=spec.arguments, robust=False
-        )
-        for exchange, key in spec.bindings:
-            if exchange:
-                await rqueue.bind(exchange, key, arguments=spec.binding_arguments, robust=False)
-        return
-    queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
-    for exchange, key in spec.bindings:
-        if exchange:
-            await queue.bind(exchange, key, arguments=spec.binding_arguments)
-
-
-async def declare(channel: AbstractChannel, topology: Topology) -> None:
-    """Declare every exchange, queue and binding; idempotent."""
-    for ex in topology.exchanges:
-        await channel.declare_exchange(ex.name, aio_pika.ExchangeType(ex.type), durable=True)
-    for spec in topology.queues:
-        await declare_queue(channel, spec)
 
 
 def topic_matches(pattern: str, key: str) -> bool:

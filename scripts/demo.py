@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from broker import ensure_broker
 
-from rabbitworker.settings import mask_url
+from rabbitworker.urls import mask_url
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "emails_reports"
 

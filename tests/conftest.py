@@ -19,9 +19,8 @@ import aio_pika
 import pytest
 from proxy import Proxy
 
-from rabbitworker import App
-from rabbitworker.topology import delay_queue_name, retry_queue_name
-from rabbitworker.worker import Worker
+from rabbitworker import App, Worker
+from rabbitworker.topology import delay_queue_name, retry_queue_name, suspect_queue_name
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -93,7 +92,7 @@ async def delete_topology(url: str, exchange: str, queues: list[str]) -> None:
     try:
         names: list[str] = []
         for q in queues:
-            names += [q, f"{q}.dlq"]
+            names += [q, f"{q}.dlq", suspect_queue_name(q)]
             names += [retry_queue_name(q, ms) for ms in _known_delays()]
         names += [delay_queue_name(exchange, ms) for ms in _known_delays()]
         for name in names:
@@ -131,9 +130,9 @@ def remember_delay(ms: int) -> None:
 
 def remember_app_delays(app: App) -> None:
     """Note the retry delays of an app's tasks, so their retry queues get deleted."""
-    for handlers in app.handlers.values():
-        for handler in handlers.values():
-            _DELAYS.update(app.policy_for(handler).steps_ms())
+    for tasks in app.registry.tasks.values():
+        for task in tasks.values():
+            _DELAYS.update(task.retry.steps_ms())
 
 
 @pytest.fixture
@@ -152,7 +151,7 @@ async def make_app(broker_url: str, prefix: str) -> AsyncIterator[Callable[..., 
     for app in apps:
         await app.close()
         remember_app_delays(app)
-        await delete_topology(broker_url, app.exchange, list(app.handlers))
+        await delete_topology(broker_url, app.exchange, app.queues)
 
 
 @pytest.fixture
@@ -174,7 +173,7 @@ async def start_worker() -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
         worker = Worker(app, **options)
         task = asyncio.create_task(worker.run(handle_signals=False))
         running.append((worker, task))
-        await eventually(lambda: bool(worker._consumers) or task.done(), timeout=15)
+        await eventually(lambda: worker.consuming or task.done(), timeout=15)
         if task.done():
             task.result()
         return worker
@@ -331,7 +330,7 @@ def app_module(
         # A thread of its own: this teardown may run for a sync or an async test.
         cleanup = threading.Thread(
             target=asyncio.run,
-            args=(delete_topology(broker_url, app.exchange, list(app.handlers)),),
+            args=(delete_topology(broker_url, app.exchange, app.queues),),
         )
         cleanup.start()
         cleanup.join()

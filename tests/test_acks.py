@@ -9,7 +9,7 @@ from typing import Any
 from conftest import eventually, queue_depth
 
 from rabbitworker import Context, TaskMessage
-from rabbitworker.acks import AckBatcher
+from rabbitworker._amqp.acks import AckBatcher
 
 
 class FakeChannel:
@@ -18,9 +18,13 @@ class FakeChannel:
     def __init__(self) -> None:
         self.is_closed = False
         self.frames: list[tuple[int, bool]] = []
+        self.nacked: list[int] = []
 
     async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
         self.frames.append((tag, multiple))
+
+    async def basic_nack(self, tag: int, requeue: bool = True) -> None:
+        self.nacked.append(tag)
 
     def acked(self) -> set[int]:
         """Every tag the recorded frames acknowledge, given all tags 1..max were delivered."""
@@ -31,13 +35,11 @@ class FakeChannel:
 
 
 class FakeMessage:
+    """What the batcher reads of a `Delivery`: its tag and channel."""
+
     def __init__(self, channel: FakeChannel, tag: int) -> None:
         self.channel = channel
-        self.delivery_tag = tag
-        self.nacked = False
-
-    async def nack(self, requeue: bool = True) -> None:
-        self.nacked = True
+        self.tag = tag
 
 
 async def test_acks_finished_in_one_turn_of_the_loop_go_out_as_one_multiple_ack() -> None:
@@ -51,14 +53,14 @@ async def test_a_delivery_still_being_handled_is_never_covered_by_a_multiple_ack
     channel, batcher = FakeChannel(), AckBatcher()
     messages: list[Any] = [FakeMessage(channel, tag) for tag in range(1, 11)]
     # 1 and 6 are still running; the others finish.
-    await asyncio.gather(*(batcher.ack(m) for m in messages if m.delivery_tag not in (1, 6)))
+    await asyncio.gather(*(batcher.ack(m) for m in messages if m.tag not in (1, 6)))
     assert channel.acked() == {2, 3, 4, 5, 7, 8, 9, 10}
     await batcher.ack(messages[0])
     assert channel.acked() == {1, 2, 3, 4, 5, 7, 8, 9, 10}
     # Nothing sent while 6 was running covers it.
     assert all(not multiple or tag < 6 for tag, multiple in channel.frames)
     await batcher.nack(messages[5])
-    assert messages[5].nacked
+    assert channel.nacked == [6]
     more: list[Any] = [FakeMessage(channel, tag) for tag in range(11, 14)]
     await asyncio.gather(*(batcher.ack(m) for m in more))
     # With 6 returned, the run 7..13 is settled: 11..13 go out as one frame.
@@ -114,9 +116,9 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
     worker = await start_worker(app, concurrency=100, prefetch=100)
     await eventually(lambda: len(handled) == 49, timeout=20)
     # The acks of a batch are written one turn of the loop after its handlers finish.
-    await eventually(lambda: worker.handled == 49 and worker._acks.pending == 0, timeout=5)
-    assert app.connection is not None
-    await app.connection.close()  # unacknowledged deliveries go back to the queue
+    acks = app.transport.acks
+    await eventually(lambda: worker.handled == 49 and acks.pending == 0, timeout=5)
+    await app.transport.connection.close()  # unacknowledged deliveries go back to the queue
 
     async def only_the_blocked_one_is_back() -> bool:
         return await queue_depth(amqp, queue) == 1

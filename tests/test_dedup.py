@@ -8,7 +8,7 @@ from typing import Any
 from conftest import eventually, queue_depth
 
 from rabbitworker import App, Context, Deduplicate, RetryPolicy, TaskMessage
-from rabbitworker.dedup import DedupStore, MemoryDedupStore
+from rabbitworker.middleware import DedupStore, MemoryDedupStore
 from rabbitworker.topology import dead_letter_queue_name
 
 
@@ -16,7 +16,7 @@ async def stop(worker: Any) -> None:
     """Stop an in-process worker and wait until its connection is closed, so any
     delivery it did not ack is back in its queue."""
     worker.stop()
-    await eventually(lambda: worker.app.connection is None, timeout=30)
+    await eventually(lambda: worker.app._session is None, timeout=30)
 
 
 async def test_a_message_published_twice_with_one_id_is_handled_once_and_both_are_acked(

@@ -19,7 +19,7 @@ import pytest
 from conftest import APPS, ROOT, eventually, read_record
 
 from rabbitworker.logs import hide_password, mask_secrets
-from rabbitworker.settings import mask_url
+from rabbitworker.urls import mask_url
 
 
 @dataclass

@@ -14,7 +14,8 @@ from conftest import APPS, eventually, get_all, queue_depth, read_record, rememb
 
 from rabbitworker import Context, Retry, RetryPolicy, TaskMessage, exponential
 from rabbitworker.errors import DecodeError, Reject
-from rabbitworker.retry import Exponential, Retries
+from rabbitworker.middleware import Retries
+from rabbitworker.policy import Exponential
 from rabbitworker.topology import dead_letter_queue_name, retry_queue_name
 
 sys.path.insert(0, str(APPS))
@@ -90,14 +91,19 @@ def test_reject_and_decode_errors_never_retry_and_retry_always_does() -> None:
     assert policy.retries(Retry())
 
 
+class _Task:
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.retry = policy
+
+
 class _Ctx:
     """The few Context fields the Retries middleware reads."""
 
     def __init__(self, attempt: int, policy: RetryPolicy, reply_to: str | None = None) -> None:
         self.attempt = attempt
-        self.retry_policy = policy
+        self.task = _Task(policy)
         self.reply_to = reply_to
-        self.rpc_retry = False
+        self.headers: dict[str, Any] = {}
         self.outcome: Any = None
 
 
@@ -355,16 +361,16 @@ async def test_a_retry_copy_is_confirmed_by_the_broker_before_the_original_is_ac
 
     monkeypatch.setattr(aiormq.Channel, "basic_ack", recording_ack)
     await start_worker(app)
-    publisher = app.publisher
-    send = publisher.send
+    transport = app.transport
+    send = transport.send
 
     async def recording_send(exchange: str, routing_key: str, *args: Any, **kw: Any) -> None:
         await send(exchange, routing_key, *args, **kw)
         if exchange != app.exchange:  # not the test's own publish, which races the handler
             events.append(f"confirmed {exchange or '(default)'}")
 
-    monkeypatch.setattr(publisher, "send", recording_send)
-    await publisher.publish(Job(n=1))
+    monkeypatch.setattr(transport, "send", recording_send)
+    await app.publish(Job(n=1))
     await asyncio.wait_for(done.wait(), 10)
     await eventually(lambda: events[-1] == "ack 2")
     assert events == [
@@ -394,8 +400,8 @@ async def test_an_unconfirmed_retry_copy_leaves_the_original_unacked_and_it_come
             raise ValueError("first attempt fails")
 
     await start_worker(app)
-    publisher = app.publisher
-    send = publisher.send
+    transport = app.transport
+    send = transport.send
     refused: list[str] = []
 
     async def refuse_first_retry(exchange: str, routing_key: str, *args: Any, **kw: Any) -> None:
@@ -404,7 +410,7 @@ async def test_an_unconfirmed_retry_copy_leaves_the_original_unacked_and_it_come
             raise NotConfirmed("the broker nacked it (simulated)")
         await send(exchange, routing_key, *args, **kw)
 
-    monkeypatch.setattr(publisher, "send", refuse_first_retry)
+    monkeypatch.setattr(transport, "send", refuse_first_retry)
     await app.publish(Job(n=1))
     await eventually(lambda: len(attempts) >= 3)
     # The failed retry publish handed the original back: it came again as attempt 1,

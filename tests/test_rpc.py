@@ -174,7 +174,7 @@ async def test_two_thousand_concurrent_calls_from_one_client_each_get_their_own_
     async with m.app:
         requests = [m.Add(a=i, b=1_000_000 * i) for i in range(2000)]
         replies = await asyncio.gather(*(m.app.call(r, timeout=60) for r in requests))
-        assert m.app.rpc.in_flight == 0
+        assert m.app.session.rpc.in_flight == 0
     for i, reply in enumerate(replies):
         assert reply == m.AddResult(value=1_000_001 * i), i
 
@@ -218,7 +218,7 @@ async def test_a_call_to_an_unbound_routing_key_raises_unroutable_error_not_a_ti
 ) -> None:
     with pytest.raises(UnroutableError, match=r"rpc\.nowhere"):
         await client.call(Nowhere(), timeout=30)
-    assert client.rpc.in_flight == 0
+    assert client.session.rpc.in_flight == 0
 
 
 async def test_a_timed_out_call_raises_rpc_timeout_and_its_late_reply_never_reaches_the_next_call(
@@ -227,7 +227,7 @@ async def test_a_timed_out_call_raises_rpc_timeout_and_its_late_reply_never_reac
     caplog.set_level(logging.DEBUG, logger="rabbitworker.rpc")
     with pytest.raises(RPCTimeout):
         await client.call(Wait(n=1), timeout=0.3)
-    assert client.rpc.in_flight == 0
+    assert client.session.rpc.in_flight == 0
 
     # The handler finishes now; its reply arrives with nobody waiting for it.
     rpc.gate(1).set()
@@ -236,7 +236,7 @@ async def test_a_timed_out_call_raises_rpc_timeout_and_its_late_reply_never_reac
     rpc.gate(2).set()
     assert await client.call(Wait(n=2), timeout=10) == 2
     assert await client.call(Add(a=1, b=1), timeout=10) == Sum(value=2)
-    assert client.rpc.in_flight == 0
+    assert client.session.rpc.in_flight == 0
 
 
 async def test_a_return_value_json_cannot_carry_becomes_a_remote_error(
@@ -301,7 +301,7 @@ async def test_submit_returns_pending_replies_that_can_be_gathered(
         rpc.gate(n).set()
     assert await asyncio.gather(*(p.result(timeout=10) for p in pendings)) == list(range(10, 15))
     assert all(p.done() for p in pendings)
-    assert client.rpc.in_flight == 0
+    assert client.session.rpc.in_flight == 0
 
 
 async def test_module_level_call_and_submit_act_on_the_most_recently_connected_app(
@@ -345,14 +345,13 @@ async def test_losing_the_connection_fails_waiting_calls_and_later_calls_work_ag
     client: App, rpc: RPCApp
 ) -> None:
     waiting = asyncio.ensure_future(client.call(Wait(n=20), timeout=60))
-    await eventually(lambda: client.rpc.in_flight == 1)
-    assert client.connection is not None
-    transport = client.connection.transport
+    await eventually(lambda: client.session.rpc.in_flight == 1)
+    transport = client.transport.connection.transport  # type: ignore[attr-defined]
     assert transport is not None
     await transport.connection.close(ConnectionResetError("simulated network failure"))
     with pytest.raises(ConnectionFailed, match=r"lost|closed"):
         await waiting
-    assert client.rpc.in_flight == 0
+    assert client.session.rpc.in_flight == 0
 
     # The robust connection comes back, and so does the reply consumer.
     rpc.gate(21).set()
@@ -377,7 +376,7 @@ async def test_a_call_made_while_the_broker_is_unreachable_ends_within_its_timeo
     async with producer:
         assert await producer.call(Add(a=1, b=2), timeout=10) == Sum(value=3)
         waiting = asyncio.ensure_future(producer.call(Wait(n=50), timeout=60))
-        await eventually(lambda: producer.rpc.in_flight == 1)
+        await eventually(lambda: producer.session.rpc.in_flight == 1)
         proxy.cut(down="refuse")
         with pytest.raises(ConnectionFailed):
             await waiting
@@ -389,7 +388,7 @@ async def test_a_call_made_while_the_broker_is_unreachable_ends_within_its_timeo
             reason in str(info.value)
             for reason in ("connection lost", "not confirmed within 1 s", "replies")
         )
-        assert producer.rpc.in_flight == 0
+        assert producer.session.rpc.in_flight == 0
         await proxy.restore()
 
         async def answers_again() -> bool:
@@ -407,7 +406,7 @@ async def test_closing_the_app_fails_waiting_calls_instead_of_hanging(
 ) -> None:
     waiting = asyncio.ensure_future(client.call(Wait(n=30), timeout=60))
     pending = await client.submit(Wait(n=31))
-    await eventually(lambda: client.rpc.in_flight == 2)
+    await eventually(lambda: client.session.rpc.in_flight == 2)
     await client.close()
     with pytest.raises(ConnectionFailed, match="closed"):
         await waiting
@@ -421,7 +420,7 @@ async def test_closing_the_app_while_requests_are_being_published_fails_each_cal
     client: App, rpc: RPCApp
 ) -> None:
     calls = [asyncio.ensure_future(client.call(Wait(n=n), timeout=60)) for n in range(100, 150)]
-    await eventually(lambda: client.rpc.in_flight == 50)
+    await eventually(lambda: client.session.rpc.in_flight == 50)
     # Some are still waiting for their publish confirm, some for their reply.
     await client.close()
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -434,12 +433,12 @@ async def test_a_closed_publishing_channel_fails_waiting_calls_and_later_calls_w
     client: App, rpc: RPCApp, prefix: str
 ) -> None:
     waiting = asyncio.ensure_future(client.call(Wait(n=40), timeout=60))
-    await eventually(lambda: client.rpc.in_flight == 1)
+    await eventually(lambda: client.session.rpc.in_flight == 1)
     # A channel error (here a passive declare of a missing queue) closes the channel
     # that holds the reply consumer; the robust channel reopens with a new one.
-    assert client.channel is not None
     with pytest.raises(Exception, match="NOT_FOUND"):
-        await client.channel.declare_queue(f"{prefix}.missing", passive=True)
+        channel = client.transport.publisher.channel  # type: ignore[attr-defined]
+        await channel.declare_queue(f"{prefix}.missing", passive=True)
     with pytest.raises(ConnectionFailed):
         await waiting
     rpc.gate(41).set()

@@ -41,7 +41,7 @@ async def web(
     yield web
     app = web.app
     remember_app_delays(app)
-    await delete_topology(broker_url, app.exchange, list(app.handlers))
+    await delete_topology(broker_url, app.exchange, app.queues)
     for mod in MODULES:
         sys.modules.pop(mod, None)
 
@@ -83,7 +83,7 @@ async def test_the_web_node_endpoints_publish_a_task_and_call_an_rpc_task(
             invalid = await client.post("/orders", json={"order_id": "seventeen"})
             assert invalid.status_code == 422
 
-    assert web.app.connection is None  # the lifespan closed it
+    assert web.app._session is None  # the lifespan closed it
     await eventually(lambda: f"receipt for order 17 sent (message {message_id})" in worker.output)
 
 

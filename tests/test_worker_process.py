@@ -36,7 +36,7 @@ async def connected(two_queues, broker_url: str):  # type: ignore[no-untyped-def
     app.configure(url=broker_url)
     async with app:
         yield app
-    await delete_topology(broker_url, app.exchange, list(app.handlers))
+    await delete_topology(broker_url, app.exchange, app.queues)
 
 
 async def test_a_thousand_messages_of_two_types_are_each_handled_once_by_the_right_handler(

@@ -8,8 +8,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from tasks import PriceQuote, Quote, SendReceipt, app
 
-from rabbitworker import call, publish
-from rabbitworker.errors import RemoteError, RPCTimeout
+from rabbitworker import RemoteError, RPCTimeout, call, publish
 
 
 @asynccontextmanager

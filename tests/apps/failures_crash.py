@@ -1,5 +1,5 @@
 """A task whose handler kills the worker process on every delivery, on a quorum
-queue with a delivery limit of 2: the broker's backstop must dead-letter it."""
+queue with a delivery limit of 2: it must end in the dead-letter queue."""
 
 from __future__ import annotations
 

@@ -17,14 +17,14 @@ from rabbitworker.topology import retry_exchange_name
 
 
 class KillAfterRetryConfirmed(Middleware):
-    """Wraps the worker's publisher so the process dies right after a retry copy
+    """Wraps the worker's transport so the process dies right after a retry copy
     is confirmed, which is the last moment before the original would be acked."""
 
     async def on_worker_start(self) -> None:
         if os.environ.get("RW_TEST_NO_KILL"):
             return
-        publisher = app.publisher
-        send = publisher.send
+        transport = app.transport
+        send = transport.send
 
         async def send_then_die(exchange: str, routing_key: str, *args: Any, **kw: Any) -> None:
             await send(exchange, routing_key, *args, **kw)
@@ -32,7 +32,7 @@ class KillAfterRetryConfirmed(Middleware):
                 record("retry-confirmed-then-killed", os.getpid())
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        publisher.send = send_then_die  # type: ignore[method-assign]
+        transport.send = send_then_die  # type: ignore[method-assign]
 
 
 app = App("failures-kill", exchange=name("x"), middleware=[KillAfterRetryConfirmed()])

@@ -43,7 +43,7 @@ async def app_module(
         yield module
     finally:
         await app.close()
-        await delete_topology(broker_url, app.exchange, list(app.handlers))
+        await delete_topology(broker_url, app.exchange, app.queues)
         for mod in (name, "recording"):
             sys.modules.pop(mod, None)
 

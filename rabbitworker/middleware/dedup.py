@@ -15,10 +15,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .middleware import Middleware, Outcome
+from .base import Middleware, Outcome
 
 if TYPE_CHECKING:
-    from .context import Context
+    from ..context import Context
 
 __all__ = ["DEFAULT_TTL", "DedupStore", "Deduplicate", "MemoryDedupStore"]
 

@@ -16,7 +16,9 @@ import asyncio
 import weakref
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
+import aiormq.exceptions
+
+from ..transport import Delivery
 
 __all__ = ["AckBatcher"]
 
@@ -63,7 +65,7 @@ class _Window:
 
 
 class AckBatcher:
-    """Acknowledges finished deliveries in as few frames as is safe."""
+    """Acknowledges finished deliveries in as few frames as is safe (a `Settler`)."""
 
     def __init__(self) -> None:
         self._windows: weakref.WeakKeyDictionary[Any, _Window] = weakref.WeakKeyDictionary()
@@ -73,14 +75,16 @@ class AckBatcher:
         """Finished deliveries whose ack has not been written yet."""
         return sum(len(w.finished) for w in self._windows.values())
 
-    async def ack(self, message: AbstractIncomingMessage) -> None:
+    async def ack(self, delivery: Delivery) -> None:
         """Acknowledge a delivery whose handling finished; returns once its ack, shared
         with the others that finished in this turn of the loop, is queued on the
-        connection (ahead of any later frame, a channel close included)."""
-        tag = message.delivery_tag
-        if tag is None:  # consumed without acks
-            return
-        channel = message.channel  # raises ChannelInvalidStateError once closed
+        connection (ahead of any later frame, a channel close included).
+
+        Raises `ChannelInvalidStateError` when its channel has closed meanwhile."""
+        tag = delivery.tag
+        channel = delivery.channel
+        if channel.is_closed:
+            raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
         window = self._windows.get(channel)
         if window is None:
             window = self._windows[channel] = _Window()
@@ -94,13 +98,13 @@ class AckBatcher:
             window.task = asyncio.ensure_future(self._flush(window, channel))
         await asyncio.shield(flushed)
 
-    async def nack(self, message: AbstractIncomingMessage, *, requeue: bool = True) -> None:
+    async def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
         """Return a delivery to the broker, at once (never coalesced)."""
-        await message.nack(requeue=requeue)
-        tag = message.delivery_tag
-        window = self._windows.get(message.channel) if tag is not None else None
-        if window is not None and tag is not None and window.coalesce and tag > window.mark:
-            window.settled.add(tag)
+        channel = delivery.channel
+        await channel.basic_nack(delivery.tag, requeue=requeue)
+        window = self._windows.get(channel)
+        if window is not None and window.coalesce and delivery.tag > window.mark:
+            window.settled.add(delivery.tag)
 
     async def _flush(self, window: _Window, channel: Any) -> None:
         # One flush at a time per window: writing can wait on a full frame buffer, and

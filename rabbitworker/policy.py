@@ -1,21 +1,16 @@
-"""Retry policies and the middleware that applies them: which failures retry,
-after which delay, and when a message goes to its dead-letter queue instead."""
+"""Retry policies, as values: how many attempts, which failures retry, after which
+delay. The `Retries` middleware (rabbitworker.middleware.retries) applies them."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from .errors import DecodeError, Reject, Retry
-from .middleware import Middleware, Outcome
+from .errors import DecodeError, Reject, Retry, WorkerCrashed
 from .topology import quantize_delay_ms
 
-if TYPE_CHECKING:
-    from .context import Context
-
-__all__ = ["Exponential", "Retries", "RetryPolicy", "exponential"]
+__all__ = ["DEFAULT_RETRY", "NO_RETRY", "Exponential", "RetryPolicy", "exponential"]
 
 
 @dataclass(frozen=True)
@@ -88,37 +83,14 @@ class RetryPolicy:
         return sorted(out)
 
     def retries(self, error: BaseException) -> bool:
+        """Whether `error` is one this policy retries (attempts left aside)."""
         if isinstance(error, Retry):
             return True
-        if isinstance(error, (Reject, DecodeError, *self.dead_letter_on)):
+        if isinstance(error, (Reject, DecodeError, WorkerCrashed, *self.dead_letter_on)):
             return False
         return isinstance(error, self.retry_on)
 
 
 NO_RETRY = RetryPolicy(max_attempts=1)
-
-
-class Retries(Middleware):
-    """Turns a failed delivery into a retry or a dead letter, by the task's policy.
-
-    RPC requests are not retried (their caller is waiting) unless the caller asked
-    for it with `call(..., retry=True)`.
-    """
-
-    async def after_process(self, ctx: Context, result: Any, error: BaseException | None) -> None:
-        if error is None:
-            return
-        policy = ctx.retry_policy
-        if ctx.reply_to and not ctx.rpc_retry:
-            policy = NO_RETRY
-        if ctx.attempt >= policy.max_attempts or not policy.retries(error):
-            ctx.outcome = Outcome.dead_letter(error)
-            return
-        if isinstance(error, Retry) and error.delay is not None:
-            seconds = error.delay
-        elif isinstance(error, Retry):
-            seconds = 0.0
-        else:
-            seconds = policy.delay(ctx.attempt)
-        delay_ms = quantize_delay_ms(seconds) if seconds > 0 else 0
-        ctx.outcome = Outcome.retry(delay_ms, error)
+# What a task without a policy of its own (and an app without a default) gets.
+DEFAULT_RETRY = RetryPolicy()

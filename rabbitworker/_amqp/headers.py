@@ -1,0 +1,334 @@
+"""Header values that keep their AMQP type and value when a delivery's headers are
+published again (retry copies, dead letters, DLQ replay).
+
+pamqp decodes a header table into plain values and encodes by Python type: a double
+comes back as a 32-bit float, a Java long as a byte, a non-UTF-8 string cannot be sent.
+`install_type_preserving_decoder` wraps the entries of pamqp's `decode.TABLE_MAPPING`,
+process-wide, because pamqp offers no per-connection hook and nothing else sees a
+header's wire type on receipt. It stays value-transparent: decoded values are int, float
+and datetime subclasses equal to what pamqp gave before, so other pamqp users see no
+difference. `encode_table` and `WireProperties` send them back with their own type.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from pamqp import commands, common, decode, encode
+
+from ..errors import HeaderError
+
+__all__ = [
+    "Float32",
+    "Float64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "MillisecondTimestamp",
+    "UInt8",
+    "UInt16",
+    "UInt32",
+    "UInt64",
+    "WireProperties",
+    "encode_table",
+    "install_type_preserving_decoder",
+]
+
+_Path = tuple[str | int, ...]
+_Decoder = Callable[..., tuple[int, common.FieldValue]]
+
+
+class _TypedInt(int):
+    amqp_type: ClassVar[str]
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({int.__repr__(self)})"
+
+    # int has no __str__ of its own: without this, str() and f-strings would use the repr.
+    __str__ = int.__repr__
+
+
+class Int8(_TypedInt):
+    """An int sent as AMQP 'b' (signed 8-bit)."""
+
+    amqp_type = "b"
+    __slots__ = ()
+
+
+class UInt8(_TypedInt):
+    """An int sent as AMQP 'B' (unsigned 8-bit)."""
+
+    amqp_type = "B"
+    __slots__ = ()
+
+
+class Int16(_TypedInt):
+    """An int sent as AMQP 's' (signed 16-bit)."""
+
+    amqp_type = "s"
+    __slots__ = ()
+
+
+class UInt16(_TypedInt):
+    """An int sent as AMQP 'u' (unsigned 16-bit)."""
+
+    amqp_type = "u"
+    __slots__ = ()
+
+
+class Int32(_TypedInt):
+    """An int sent as AMQP 'I' (signed 32-bit)."""
+
+    amqp_type = "I"
+    __slots__ = ()
+
+
+class UInt32(_TypedInt):
+    """An int sent as AMQP 'i' (unsigned 32-bit)."""
+
+    amqp_type = "i"
+    __slots__ = ()
+
+
+class Int64(_TypedInt):
+    """An int sent as AMQP 'l' (signed 64-bit)."""
+
+    amqp_type = "l"
+    __slots__ = ()
+
+
+class UInt64(_TypedInt):
+    """An int sent as AMQP 'L'; any value from -2**63 to 2**64-1, written as its 64 bits.
+
+    pamqp and RabbitMQ read 'L' as signed (RabbitMQ re-encodes it as 'l'), so a
+    received value is signed; it is kept as is so decoding stays value-transparent.
+    """
+
+    amqp_type = "L"
+    __slots__ = ()
+
+
+class _TypedFloat(float):
+    amqp_type: ClassVar[str]
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({float.__repr__(self)})"
+
+    __str__ = float.__repr__
+
+
+class Float32(_TypedFloat):
+    """A float sent as AMQP 'f' (32-bit); a plain float is sent as 'd'."""
+
+    amqp_type = "f"
+    __slots__ = ()
+
+
+class Float64(_TypedFloat):
+    """A float sent as AMQP 'd' (64-bit), as a plain float is."""
+
+    amqp_type = "d"
+    __slots__ = ()
+
+
+class MillisecondTimestamp(datetime):
+    """A datetime sent as an AMQP 'T' counting milliseconds, not seconds.
+
+    pamqp reads a 'T' above 2**32-1 as milliseconds (some clients send them); this
+    keeps such a value in milliseconds when it is sent again.
+    """
+
+    __slots__ = ()
+
+
+def _uint64(value: int) -> bytes:
+    # Same 64 bits either way: the unsigned reading is folded onto the signed one.
+    if 2**63 <= value < 2**64:
+        value -= 2**64
+    return encode.long_long_int(value)
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    "b": common.Struct.short_short_int.pack,
+    "B": encode.octet,
+    "s": encode.short_int,
+    "u": encode.short_uint,
+    "I": encode.long_int,
+    "i": encode.long_uint,
+    "l": encode.long_long_int,
+    "L": _uint64,
+    "f": encode.floating_point,
+    "d": encode.double,
+}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS_MAX = 0xFFFFFFFF  # pamqp's cut-off between seconds and milliseconds
+
+
+def _milliseconds(value: datetime) -> bytes:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # naive means UTC, as pamqp assumes
+    micros = (value - _EPOCH) // timedelta(microseconds=1)
+    # Rounded, not floored: pamqp's float division may land a microsecond short.
+    return common.Struct.timestamp.pack((micros + 500) // 1000)
+
+
+def encode_table(headers: Mapping[str, Any]) -> bytes:
+    """Encode a header table (the 4-byte length and the entries, in the mapping's order).
+
+    Typed values keep their code; a bool is 't', an int the smallest type pamqp picks,
+    a float 'd', a str 'S', bytes 'S' as raw bytes, a bytearray 'x', None 'V', a
+    Decimal 'D', a datetime 'T', a mapping 'F', a list or tuple 'A'.
+
+    Raises HeaderError naming the header (and where in it) for a value AMQP cannot
+    carry: an int over 64 bits, an unknown type, a key that is not a str of at most
+    255 bytes.
+    """
+    return _table(headers, ())
+
+
+def _table(table: Mapping[Any, Any], path: _Path) -> bytes:
+    parts: list[bytes] = []
+    for key, value in table.items():
+        where = (*path, key if isinstance(key, str) else repr(key))
+        parts.append(_key(key, where))
+        parts.append(_value(value, where))
+    body = b"".join(parts)
+    return common.Struct.integer.pack(len(body)) + body
+
+
+def _array(items: Sequence[Any], path: _Path) -> bytes:
+    body = b"".join(_value(item, (*path, i)) for i, item in enumerate(items))
+    return common.Struct.integer.pack(len(body)) + body
+
+
+def _key(key: object, path: _Path) -> bytes:
+    if not isinstance(key, str):
+        raise _error(path, f"a key must be a str, not {type(key).__name__}")
+    try:
+        return encode.short_string(key)
+    except UnicodeEncodeError as exc:
+        raise _error(path, "a key that is not valid UTF-8") from exc
+    except TypeError as exc:
+        size = len(key.encode())
+        raise _error(path, f"a key of {size} bytes is over AMQP's 255") from exc
+
+
+def _value(value: Any, path: _Path) -> bytes:
+    try:
+        if isinstance(value, bool):
+            return b"t" + encode.boolean(value)
+        if isinstance(value, _TypedInt | _TypedFloat):
+            return value.amqp_type.encode() + _ENCODERS[value.amqp_type](value)
+        if isinstance(value, int):
+            return encode.table_integer(value)
+        if isinstance(value, float):
+            return b"d" + encode.double(value)
+        if isinstance(value, str):
+            return b"S" + encode.long_string(value)
+        if isinstance(value, bytes):
+            return b"S" + common.Struct.integer.pack(len(value)) + value
+        if isinstance(value, bytearray):
+            return b"x" + encode.byte_array(value)
+        if value is None:
+            return b"V"
+        if isinstance(value, Decimal):
+            return b"D" + encode.decimal(value)
+        if isinstance(value, MillisecondTimestamp):
+            return b"T" + _milliseconds(value)
+        if isinstance(value, datetime | time.struct_time):
+            return b"T" + encode.timestamp(value)
+    except (TypeError, ValueError, OverflowError, struct.error) as exc:
+        raise _error(path, _out_of_range(value, exc)) from exc
+    if isinstance(value, Mapping):
+        return b"F" + _table(value, path)
+    if isinstance(value, list | tuple):
+        return b"A" + _array(value, path)
+    raise _error(path, f"AMQP has no type for a {type(value).__name__}")
+
+
+def _out_of_range(value: object, exc: Exception) -> str:
+    # Says why without quoting the value: headers can hold secrets.
+    kind = type(value).__name__
+    if isinstance(value, _TypedInt | _TypedFloat):
+        return f"a {kind} out of range for AMQP type {value.amqp_type!r}: {exc}"
+    if isinstance(value, int):
+        return f"an int of {value.bit_length()} bits does not fit in AMQP's 64-bit integers"
+    return f"AMQP cannot carry this {kind}: {exc}"
+
+
+def _error(path: _Path, why: str) -> HeaderError:
+    header = str(path[0])
+    if len(path) == 1:
+        return HeaderError(f"header {header!r}: {why}", header=header)
+    where = header + "".join(f"[{step!r}]" for step in path[1:])
+    return HeaderError(f"header {header!r} at {where}: {why}", header=header)
+
+
+class _TypedDecoder:
+    """One `decode.TABLE_MAPPING` entry, wrapped to give its value a typed class."""
+
+    __slots__ = ("convert", "inner")
+
+    def __init__(self, inner: _Decoder, convert: Callable[[Any, bytes], Any]) -> None:
+        self.inner = inner
+        self.convert = convert
+
+    def __call__(self, data: bytes) -> tuple[int, common.FieldValue]:
+        consumed, value = self.inner(data)
+        return consumed, self.convert(value, data)
+
+
+def _as(cls: type[_TypedInt | _TypedFloat]) -> Callable[[Any, bytes], Any]:
+    return lambda value, _data: cls(value)
+
+
+def _as_timestamp(value: datetime, data: bytes) -> datetime:
+    if common.Struct.timestamp.unpack_from(data)[0] <= _SECONDS_MAX:
+        return value
+    return MillisecondTimestamp.combine(value.date(), value.timetz())
+
+
+_CONVERTERS: dict[bytes, Callable[[Any, bytes], Any]] = {
+    **{
+        cls.amqp_type.encode(): _as(cls)
+        for cls in (Int8, UInt8, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float32, Float64)
+    },
+    b"T": _as_timestamp,
+}
+
+
+def install_type_preserving_decoder() -> None:
+    """Make pamqp decode header numbers (and millisecond timestamps) into the typed
+    classes above, process-wide. Idempotent; the decoded values are equal to before."""
+    for code, convert in _CONVERTERS.items():
+        inner = decode.TABLE_MAPPING[code]
+        if not isinstance(inner, _TypedDecoder):
+            decode.TABLE_MAPPING[code] = _TypedDecoder(inner, convert)
+
+
+class WireProperties(commands.Basic.Properties):
+    """`Basic.Properties` whose headers are encoded by `encode_table`, so each value
+    goes out with its own type; aiormq's `basic_publish(properties=...)` sends them.
+
+    Marshalling raises HeaderError for a header AMQP cannot carry.
+    """
+
+    # No __slots__ here: pamqp marshals the properties listed in the class's __slots__.
+
+    def encode_property(self, name: str, value: common.FieldValue) -> bytes:
+        if name == "headers" and isinstance(value, Mapping):
+            return encode_table(value)
+        return super().encode_property(name, value)
+
+    @classmethod
+    def from_properties(cls, properties: commands.Basic.Properties) -> WireProperties:
+        """The same properties, with headers encoded by `encode_table`."""
+        return cls(**{name: getattr(properties, name) for name in properties.__slots__})

@@ -1,0 +1,211 @@
+"""Confirmed publishing on one robust channel: mandatory publishes with publisher
+confirms, sent again after a reconnect within the publish timeout (never reported
+as published unconfirmed), and expiring queues declared on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, cast
+
+import aiormq
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from ..errors import ConnectionFailed, NotConfirmed, RabbitWorkerError
+from ..topology import REDECLARE_S, QueueSpec
+from ..wire import DIRECT_REPLY_TO, Properties
+from .declare import declare_queue
+from .errors import Op, translate
+from .properties import to_amqp
+
+__all__ = ["ConfirmedChannel", "is_blocked"]
+
+log = logging.getLogger("rabbitworker.publisher")
+
+_RESEND_PAUSE = 0.05
+
+
+def is_blocked(connection: AbstractRobustConnection) -> bool:
+    """Whether the broker told this connection it blocks publishers (a memory or
+    disk alarm). aiormq keeps that in a private event: read here alone."""
+    transport = connection.transport
+    underlay = getattr(transport, "connection", None)
+    event = getattr(underlay, "_Connection__connection_unblocked", None)
+    return isinstance(event, asyncio.Event) and not event.is_set()
+
+
+def _where(exchange: str, routing_key: str) -> str:
+    return f"publish to {exchange or '(default)'}/{routing_key}"
+
+
+class ConfirmedChannel:
+    """Publishes on a channel opened with publisher confirms and returns raised."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractRobustChannel,
+        *,
+        timeout: float,
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.timeout = timeout
+        self._declared: dict[str, float] = {}
+        self._declare_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+
+    def close(self) -> None:
+        """Mark closed: a publish waiting for a reconnect gives up."""
+        self._closed.set()
+
+    def _error(self, exc: BaseException, where: str) -> RabbitWorkerError | None:
+        error = translate(exc, Op.PUBLISH, where)
+        blocked = isinstance(exc, TimeoutError) and is_blocked(self.connection)
+        if isinstance(error, NotConfirmed) and blocked:
+            return NotConfirmed(
+                f"{where}: the broker is blocking publishers (a memory or disk alarm "
+                f"on the broker); not confirmed within {self.timeout:g} s"
+            )
+        if self._closed.is_set() and isinstance(error, ConnectionFailed | None):
+            return ConnectionFailed(f"{where}: the app was closed before the broker confirmed")
+        return error
+
+    async def send(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Properties,
+        *,
+        mandatory: bool = True,
+        resend: bool = True,
+    ) -> None:
+        """Publish and wait for the broker's confirm (see `Transport.send`)."""
+        started = time.monotonic()
+        amqp_properties = to_amqp(properties)
+        rpc = properties.reply_to == DIRECT_REPLY_TO
+        if rpc:
+            # The broker refuses a request to direct reply-to unless the reply
+            # consumer is on the channel: after a reconnect, wait until it is back.
+            await self._wait_ready(started + self.timeout)
+        channel = self.channel
+        try:
+            if channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            # wait=False: wait for the confirm only, not also for the socket write
+            # (a failed write closes the connection and fails the confirm with it).
+            await underlay.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=amqp_properties,
+                mandatory=mandatory,
+                timeout=self.timeout,
+                wait=False,
+            )
+            return
+        except BaseException as exc:
+            where = _where(exchange, routing_key)
+            error = self._error(exc, where)
+            if error is None:
+                raise
+            lost = isinstance(error, ConnectionFailed) and not error.permanent
+            if rpc or not resend or not lost or self._closed.is_set():
+                raise error from exc
+            first = error
+        await self._resend(
+            exchange, routing_key, body, amqp_properties, mandatory, started + self.timeout, first
+        )
+
+    async def _wait_ready(self, deadline: float) -> None:
+        """Wait for the robust channel to be back, unless closed meanwhile."""
+        ready = asyncio.ensure_future(self.channel.ready())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait(
+                {ready, closed},
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            ready.cancel()
+            closed.cancel()
+        if self._closed.is_set():
+            raise ConnectionFailed("the app was closed before the broker confirmed the message")
+        if not ready.done() or ready.cancelled():
+            raise ConnectionFailed(
+                f"the connection to the broker was not back within {self.timeout:g} s "
+                "(publish_timeout)"
+            )
+
+    async def _resend(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Any,
+        mandatory: bool,
+        deadline: float,
+        error: RabbitWorkerError,
+    ) -> None:
+        """Publish again once the channel is back, all before `deadline`.
+
+        The broker may have taken the first copy and only its confirm was lost, so
+        the message can arrive twice (same id): at least once, never zero.
+        """
+        where = _where(exchange, routing_key)
+        log.debug("message %s: publishing again once reconnected", properties.message_id)
+        while True:
+            try:
+                await self._wait_ready(deadline)
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=mandatory,
+                    timeout=max(0.001, deadline - time.monotonic()),
+                )
+                return
+            except ConnectionFailed as exc:
+                error = exc
+                break
+            except Exception as exc:
+                mapped = self._error(exc, where)
+                if mapped is None:
+                    raise
+                if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
+                    raise mapped from exc
+                error = mapped
+            if time.monotonic() >= deadline:
+                break
+            # The channel said ready and closed again: the link is flapping.
+            await asyncio.sleep(_RESEND_PAUSE)
+        raise ConnectionFailed(
+            f"{where}: the connection to the broker was lost and not restored within "
+            f"{self.timeout:g} s (publish_timeout); message {properties.message_id} "
+            "was not confirmed"
+        ) from error
+
+    async def ensure_queue(self, spec: QueueSpec, *, force: bool = False) -> None:
+        """Declare an expiring queue unless declared recently; redeclaring resets its
+        expiry timer, so it cannot expire while in use."""
+        now = time.monotonic()
+        last = self._declared.get(spec.name)
+        if not force and last is not None and now - last < REDECLARE_S:
+            return
+        async with self._declare_lock:
+            try:
+                # A robust channel waits for a reconnect without limit; we do not.
+                async with asyncio.timeout(self.timeout):
+                    await declare_queue(self.channel, spec)
+            except Exception as exc:
+                error = translate(exc, Op.SETUP, f"declare {spec.name}")
+                if error is None:
+                    raise
+                raise error from exc
+            self._declared[spec.name] = now

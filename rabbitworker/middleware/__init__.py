@@ -1,0 +1,8 @@
+"""Middleware: the hooks cross-cutting behaviour plugs into, and the middleware
+rabbitworker ships (retries, de-duplication)."""
+
+from .base import Middleware, Outcome
+from .dedup import Deduplicate, DedupStore, MemoryDedupStore
+from .retries import Retries
+
+__all__ = ["DedupStore", "Deduplicate", "MemoryDedupStore", "Middleware", "Outcome", "Retries"]

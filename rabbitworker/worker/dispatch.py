@@ -1,0 +1,211 @@
+"""Each delivery's way through a worker: a concurrency slot, then processing and
+settlement (alone, for a crash suspect), or straight back to the broker when the
+worker is stopping or a redelivery cannot be accounted for."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ..transport import Delivery, Transport
+from ..wire import copy_properties
+from .processing import Processor
+from .settlement import Settlement
+from .suspects import Gate, Suspects
+
+__all__ = ["Dispatcher", "Held"]
+
+log = logging.getLogger("rabbitworker.worker")
+
+
+@dataclass(slots=True)
+class Held:
+    """A delivery this worker holds: the work queue it belongs to, and whether its
+    handler has started."""
+
+    delivery: Delivery
+    queue: str
+    started: bool = False
+
+
+class Dispatcher:
+    """Runs deliveries under a shared concurrency limit."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        processor: Processor,
+        settlement: Settlement,
+        suspects: Suspects,
+        *,
+        concurrency: int,
+    ) -> None:
+        self.transport = transport
+        self.processor = processor
+        self.settlement = settlement
+        self.suspects = suspects
+        self.gate = Gate()
+        self._limit = asyncio.Semaphore(concurrency)
+        self.held: dict[asyncio.Task[Any], Held] = {}
+        self.stopping = asyncio.Event()
+        self.consumers_cancelled = asyncio.Event()
+        self.handled = 0
+        self.handed_back = 0
+
+    @property
+    def waiting(self) -> list[asyncio.Task[Any]]:
+        """Deliveries whose handler has not started (waiting for a slot or the gate)."""
+        return [t for t, h in self.held.items() if not h.started]
+
+    @property
+    def running(self) -> dict[asyncio.Task[Any], Held]:
+        return {t: h for t, h in self.held.items() if h.started}
+
+    async def on_work(self, queue: str, delivery: Delivery) -> None:
+        """A delivery from a work queue."""
+        if self.stopping.is_set():
+            await self.hand_back(delivery, queue)
+            return
+        if not self.suspects.accounted_for(delivery):
+            await self._guarded(self.suspects.move(delivery, queue), delivery, queue)
+            return
+        async with self._holding(delivery, queue) as held:
+            try:
+                await self._limit.acquire()
+            except asyncio.CancelledError:
+                if not self.stopping.is_set():
+                    raise
+                _uncancel()
+                await self.hand_back(delivery, queue)  # cancelled by the drain
+                return
+            try:
+                # A slot that frees up during the drain must not start new work.
+                if self.stopping.is_set():
+                    await self.hand_back(delivery, queue)
+                    return
+                async with self.gate.shared():
+                    await self._handle_or_hand_back(held)
+            finally:
+                self._limit.release()
+
+    async def on_suspect(self, queue: str, delivery: Delivery) -> None:
+        """A delivery from a work queue's suspect queue: it runs alone."""
+        if self.stopping.is_set():
+            await self.hand_back(delivery, queue)
+            return
+        if not self.suspects.accounted_for(delivery):
+            await self._guarded(self.suspects.crashed(delivery, queue), delivery, queue)
+            return
+        async with self._holding(delivery, queue) as held:
+            try:
+                async with self.gate.alone():
+                    if self.stopping.is_set():
+                        await self.hand_back(delivery, queue)
+                        return
+                    await self._handle_or_hand_back(held)
+            except asyncio.CancelledError:
+                if not self.stopping.is_set() or held.started:
+                    raise
+                _uncancel()
+                await self.hand_back(delivery, queue)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, delivery: Delivery, queue: str) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        held = self.held[task] = Held(delivery, queue)
+        try:
+            yield held
+        finally:
+            del self.held[task]
+            if _channel_closed(delivery):
+                # Its channel closed under it: the broker delivers it again, and that
+                # redelivery is not a crash.
+                self.suspects.returned(delivery)
+
+    async def _handle_or_hand_back(self, held: Held) -> None:
+        try:
+            await self._handle(held)
+        except asyncio.CancelledError:
+            if not self.stopping.is_set() or _channel_closed(held.delivery):
+                raise
+            # Interrupted by the drain at the end of the grace period: handed back as
+            # a copy, so its redelivery is not taken for a crash.
+            _uncancel()
+            await self.hand_back(held.delivery, held.queue)
+
+    async def _handle(self, held: Held) -> None:
+        held.started = True
+        delivery = held.delivery
+        outcome, result = await self.processor.process(delivery, held.queue)
+        done = await self.settlement.settle(delivery, held.queue, outcome, result)
+        if done != "handed_back":
+            self.handled += 1
+
+    async def _guarded(self, step: Any, delivery: Delivery, queue: str) -> None:
+        """Run a move or crash step; if its publish fails the delivery goes back."""
+        try:
+            await step
+        except Exception as exc:
+            log.error(
+                "message %s on %s: could not move it to the suspect queue (%s); "
+                "returning it to the queue",
+                delivery.message_id,
+                queue,
+                exc,
+            )
+            with contextlib.suppress(Exception):
+                await delivery.nack(requeue=True)
+
+    async def hand_back(self, delivery: Delivery, queue: str) -> None:
+        """Return a delivery whose handler never started (or was interrupted by the
+        drain) to its queue: a confirmed copy at the queue's tail, then the ack, so
+        that its redelivery is not taken for a crash; a plain requeue if that fails."""
+        self.handed_back += 1
+        log.debug("message %s on %s handed back", delivery.message_id, queue)
+        # Requeued before our consumer is gone, it could come straight back to us.
+        await self.consumers_cancelled.wait()
+        try:
+            properties = copy_properties(delivery.properties, routing_key=delivery.routing_key)
+            await self.transport.send("", delivery.queue, delivery.body, properties)
+            await delivery.ack()
+        except Exception:
+            with contextlib.suppress(Exception):
+                await delivery.nack(requeue=True)
+
+    def channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
+        """Log what a lost consuming channel means for the messages held on it."""
+        held = [h for h in self.held.values() if h.delivery.channel is not None]
+        on_it = [h for h in held if _channel_closed(h.delivery)]
+        running = [h.delivery.message_id for h in on_it if h.started]
+        if by_broker:
+            log.warning(
+                "the broker closed the channel consuming %s: %s; running: %s; the broker "
+                "delivers its %d unacknowledged message(s) again",
+                queue,
+                reason,
+                ", ".join(running) or "none",
+                len(on_it),
+            )
+        elif on_it:
+            log.warning(
+                "lost the channel consuming %s (%s): %d running handler(s) interrupted, "
+                "%d waiting message(s) go back to the broker",
+                queue,
+                reason or "connection lost",
+                len(running),
+                len(on_it) - len(running),
+            )
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _channel_closed(delivery: Delivery) -> bool:
+    return bool(getattr(delivery.channel, "is_closed", False))

@@ -1,0 +1,344 @@
+"""The worker's life: start (connect, consume each queue and its suspect queue),
+run until stopped, then drain (stop consuming, let running handlers finish within
+the grace period, hand the rest back) and close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError
+from ..topology import suspect_queue_name
+from ..transport import Consumer
+from .dispatch import Dispatcher
+from .processing import Processor
+from .settlement import Settlement
+from .suspects import Suspects
+from .threads import SyncThreads
+from .watchdog import LoopWatchdog, innermost_of
+
+if TYPE_CHECKING:
+    from ..app import App
+
+__all__ = ["Worker"]
+
+log = logging.getLogger("rabbitworker.worker")
+
+# How long a consumer cancel may take before the drain goes on without it (a broker
+# that stopped answering should not hold up the shutdown).
+CANCEL_TIMEOUT_S = 5.0
+# After the grace period, cancelled handlers get this long to hand their messages back.
+HAND_BACK_TIMEOUT_S = 5.0
+# Closing channels, middleware and the connection: generous normally, short after a
+# forced stop (a second SIGINT), when the operator wants the process gone.
+CLOSE_TIMEOUT_S = 30.0
+FORCED_CLOSE_TIMEOUT_S = 2.0
+
+
+class Worker:
+    """Consumes the given queues of an app and runs their handlers.
+
+    `concurrency` bounds the handlers running at once across all queues; `prefetch`
+    bounds the unacknowledged deliveries per queue. Options left as None come from
+    the app's settings. Raises `ConfigurationError` for a queue the app does not have.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        prefetch: int | None = None,
+        grace: float | None = None,
+    ) -> None:
+        self.app = app
+        settings = app.settings
+        self.queues = list(queues) if queues else app.queues
+        unknown = [q for q in self.queues if q not in app.registry.tasks]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown queue(s) {', '.join(unknown)}; app {app.name!r} has: "
+                f"{', '.join(app.queues) or '(none)'}"
+            )
+        self.concurrency = concurrency or settings.concurrency
+        self.prefetch = prefetch or settings.prefetch
+        self.grace = settings.grace if grace is None else grace
+        self._consumers: list[Consumer] = []
+        self._threads: SyncThreads | None = None
+        self._dispatch: Dispatcher | None = None
+        self._watchdog: LoopWatchdog | None = None
+        self._stopping = asyncio.Event()
+        self._forced = asyncio.Event()
+        self.exhausted = False
+
+    # -- starting -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, declare the topology and start consuming every queue."""
+        app = self.app
+        await app.connect()
+        s = app.settings
+        session = app.session
+        tasks = [t for q in self.queues for t in app.registry.tasks[q].values()]
+        if any(not t.is_async for t in tasks):
+            self._threads = SyncThreads(
+                self.concurrency,
+                max_abandoned=s.max_abandoned_threads,
+                on_exhausted=self._on_threads_exhausted,
+            )
+        settlement = Settlement(
+            session.transport,
+            app.exchange,
+            queue_type=s.queue_type,
+            max_message_size=s.max_message_size,
+        )
+        processor = Processor(
+            app.registry,
+            app.middleware,
+            publish=session.producer.publish,
+            max_message_size=s.max_message_size,
+            threads=self._threads,
+        )
+        suspects = Suspects(session.transport, settlement, delivery_limit=s.delivery_limit)
+        settlement.returned = suspects.returned
+        self._dispatch = Dispatcher(
+            session.transport, processor, settlement, suspects, concurrency=self.concurrency
+        )
+        for middleware in app.middleware:
+            await middleware.on_worker_start()
+        for name in self.queues:
+            await self._consume(name)
+        if s.blocked_loop_warning > 0:
+            codes = {t.fn.__code__: t.name for t in tasks if hasattr(t.fn, "__code__")}
+            self._watchdog = LoopWatchdog(
+                asyncio.get_running_loop(),
+                s.blocked_loop_warning,
+                functools.partial(self._describe_block, codes),
+            )
+            self._watchdog.start()
+        log.info(
+            "worker consuming %s (prefetch %d, concurrency %d)",
+            ", ".join(self.queues),
+            self.prefetch,
+            self.concurrency,
+        )
+
+    async def _consume(self, queue: str) -> None:
+        dispatch = self._dispatch
+        assert dispatch is not None
+        transport = self.app.session.transport
+        on_closed = functools.partial(self._channel_closed, queue)
+        self._consumers.append(
+            await transport.consume(
+                queue,
+                functools.partial(dispatch.on_work, queue),
+                prefetch=self.prefetch,
+                on_closed=on_closed,
+            )
+        )
+        # One at a time: a suspect runs alone, so only it is unacked if it kills us.
+        self._consumers.append(
+            await transport.consume(
+                suspect_queue_name(queue),
+                functools.partial(dispatch.on_suspect, queue),
+                prefetch=1,
+                on_closed=on_closed,
+            )
+        )
+
+    def _channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
+        if self._dispatch is not None and not self._stopping.is_set():
+            self._dispatch.channel_closed(queue, channel, reason, by_broker)
+
+    def _describe_block(self, codes: dict[Any, str], frame: FrameType | None) -> str:
+        name, where = innermost_of(frame, codes)
+        task = asyncio.current_task(self._watchdog.loop) if self._watchdog else None
+        held = self._dispatch.held.get(task) if self._dispatch and task else None
+        what = f"handler {name}" if name else "code outside any handler"
+        if held is not None:
+            what += f" (message {held.delivery.message_id} on {held.queue})"
+        return f"{what} at {where}"
+
+    def _on_threads_exhausted(self) -> None:
+        log.error(
+            "%d sync handler threads are stuck past their timeout; stopping the worker so "
+            "that its process can be restarted (max_abandoned_threads)",
+            self.app.settings.max_abandoned_threads,
+        )
+        self.exhausted = True
+        loop = self._watchdog.loop if self._watchdog else None
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stopping.set)
+        else:
+            self._stopping.set()
+
+    # -- running ------------------------------------------------------------
+
+    async def run(
+        self, *, handle_signals: bool = True, on_ready: Callable[[], None] | None = None
+    ) -> None:
+        """Run until `stop()` or SIGTERM/SIGINT, then drain and close.
+
+        `on_ready` is called once every consumer is running (the supervisor uses it
+        to tell a child that started from one that failed to).
+        """
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+            else:
+                # A signal while still connecting: there is nothing to drain yet.
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            if on_ready is not None and not self._stopping.is_set():
+                on_ready()
+            await stopping
+        finally:
+            starting.cancel()
+            stopping.cancel()
+            try:
+                await self.shutdown()
+            finally:
+                if handle_signals:
+                    for sig in (signal.SIGTERM, signal.SIGINT):
+                        loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        # A second SIGINT (Ctrl-C twice) forces a quick exit; a repeated SIGTERM
+        # changes nothing, so a process manager that resends it cannot cut the drain.
+        if self._stopping.is_set():
+            if sig == signal.SIGINT and not self._forced.is_set():
+                log.warning(
+                    "second %s: stopping now, unfinished messages go back to the queue",
+                    sig.name,
+                )
+                self._forced.set()
+            return
+        log.info("%s received: draining (grace %g s)", sig.name, self.grace)
+        self._stopping.set()
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask a running worker to drain and stop; `force` skips the grace period."""
+        self._stopping.set()
+        if force:
+            self._forced.set()
+
+    @property
+    def forced(self) -> bool:
+        """True when the stop skipped the grace period (a second SIGINT)."""
+        return self._forced.is_set()
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Sync handlers still running in threads abandoned by a timeout or the drain."""
+        return self._threads.busy if self._threads is not None else 0
+
+    @property
+    def handled(self) -> int:
+        return self._dispatch.handled if self._dispatch else 0
+
+    @property
+    def consuming(self) -> bool:
+        """Every queue is being consumed (false before the start and once draining)."""
+        return bool(self._consumers) and not self._stopping.is_set()
+
+    # -- stopping -----------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop consuming, let running handlers finish within the grace period, hand
+        the rest back, and close."""
+        self._stopping.set()
+        dispatch = self._dispatch
+        if dispatch is not None:
+            dispatch.stopping.set()
+        for consumer in self._consumers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.cancel(), CANCEL_TIMEOUT_S)
+        started = bool(self._consumers)
+        self._consumers.clear()
+        if dispatch is not None:
+            await self._drain(dispatch)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        close_timeout = FORCED_CLOSE_TIMEOUT_S if self.forced else CLOSE_TIMEOUT_S
+        for middleware in reversed(self.app.middleware):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(middleware.on_worker_stop(), close_timeout)
+        try:
+            await asyncio.wait_for(self.app.close(), close_timeout)
+        except TimeoutError:
+            log.warning("closing the connection timed out; exiting anyway")
+        if self._threads is not None:
+            if self._threads.busy:
+                log.warning(
+                    "%d sync handler(s) still running in threads; their messages went back "
+                    "to the broker and whatever they return is dropped",
+                    self._threads.busy,
+                )
+            self._threads.shutdown()
+        if not started:
+            return
+
+    async def _drain(self, dispatch: Dispatcher) -> None:
+        dispatch.consumers_cancelled.set()
+        # Deliveries still waiting for a slot never start: they go back at once.
+        for task in dispatch.waiting:
+            task.cancel()
+        running = dispatch.running
+        if running:
+            log.info(
+                "draining: waiting up to %g s for %d running handler(s)", self.grace, len(running)
+            )
+        unfinished = await self._wait(set(dispatch.held), self.grace)
+        interrupted = [running[t] for t in unfinished if t in running]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(unfinished, timeout=HAND_BACK_TIMEOUT_S)
+        for held in interrupted:
+            log.warning(
+                "message %s on %s did not finish in time; handed back to the broker",
+                held.delivery.message_id,
+                held.queue,
+            )
+        log.info(
+            "worker stopped: %d in flight finished, %d handed back to the broker "
+            "(%d not started, %d interrupted)",
+            len(running) - len(interrupted),
+            dispatch.handed_back,
+            dispatch.handed_back - len(interrupted),
+            len(interrupted),
+        )
+
+    async def _wait(self, tasks: set[asyncio.Task[Any]], grace: float) -> set[asyncio.Task[Any]]:
+        """Wait for `tasks` until the grace period ends or a forced stop; return the
+        ones still unfinished."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        forced = asyncio.ensure_future(self._forced.wait())
+        try:
+            while tasks and not self._forced.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                done, _ = await asyncio.wait(
+                    tasks | {forced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+                tasks -= done
+        finally:
+            forced.cancel()
+        return tasks

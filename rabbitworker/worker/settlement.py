@@ -1,0 +1,254 @@
+"""Settling a delivery: the follow-up publishes its outcome needs (the RPC reply, the
+retry copy, the dead letter), each confirmed by the broker, and only then the ack.
+
+A follow-up that fails for a reason that may pass (the connection, a missing
+confirm) hands the delivery back to be tried again; one refused for good (a header
+AMQP cannot carry, a queue that exists with other arguments) dead-letters the
+delivery at once with that reason, since trying again would fail the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import (
+    ConnectionFailed,
+    DecodeError,
+    HeaderError,
+    MessageTooLarge,
+    NotConfirmed,
+    UnroutableError,
+)
+from ..message import encode_reply
+from ..middleware.base import Outcome
+from ..rpc import error_reply_body
+from ..topology import (
+    QueueType,
+    dead_letter_exchange_name,
+    retry_exchange_name,
+    retry_queue_spec,
+)
+from ..transport import Delivery, Transport
+from ..wire import (
+    ATTEMPT,
+    attempt_of,
+    check_size,
+    copy_properties,
+    error_headers,
+    error_type,
+    reply_properties,
+)
+
+__all__ = ["FollowUpRefused", "Settlement", "is_transient"]
+
+log = logging.getLogger("rabbitworker.worker")
+
+# A delivery handed back because its follow-up could not be confirmed comes straight
+# back; the pause keeps a broker that is briefly unable to confirm from being
+# hammered by the same message.
+HAND_BACK_PAUSE_S = 1.0
+
+
+class FollowUpRefused(Exception):
+    """A follow-up publish the broker refused for good; becomes the dead letter's
+    reason (its `x-error-type` is the refusal's own type)."""
+
+    def __init__(self, what: str, error: BaseException, original: BaseException | None) -> None:
+        self.what = what
+        self.error = error
+        self.original = original
+        self.wire_error_type = error_type(error)
+        cause = f"; the handler had failed with {_describe(original)}" if original else ""
+        super().__init__(f"{what} was refused: {_describe(error)}{cause}")
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed publish may succeed if tried again later."""
+    if isinstance(error, ConnectionFailed):
+        return not error.permanent
+    return isinstance(error, NotConfirmed)
+
+
+class Settlement:
+    """Carries out outcomes on one transport."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        exchange: str,
+        *,
+        queue_type: QueueType,
+        max_message_size: int,
+        returned: Callable[[Delivery], None] = lambda _: None,
+    ) -> None:
+        self.transport = transport
+        self.returned = returned  # told before a delivery is handed back
+        self.exchange = exchange
+        self.queue_type = queue_type
+        self.max_message_size = max_message_size
+
+    async def settle(self, delivery: Delivery, queue: str, outcome: Outcome, result: Any) -> str:
+        """Publish what `outcome` needs, wait for the confirms, then ack. Returns
+        what was done: "ack", "retry", "dead_letter" or "handed_back"."""
+        reply: bytes | None = None
+        if outcome.kind == "ack" and delivery.properties.reply_to:
+            try:
+                reply = encode_reply(result)
+                check_size(reply, self.max_message_size, "the reply")
+            except Exception as exc:
+                # A return value JSON cannot carry, or too large to send, fails the
+                # same way on every attempt: an error reply and a dead letter, at once.
+                outcome = Outcome.dead_letter(exc)
+        try:
+            await self._follow_up(delivery, queue, outcome, reply)
+        except Exception as exc:
+            if is_transient(exc):
+                return await self._hand_back(delivery, queue, exc)
+            if outcome.kind == "dead_letter":
+                if not await self._dead_letter_anyway(delivery, queue, outcome, exc):
+                    return await self._hand_back(delivery, queue, exc)
+            else:
+                what = "the retry copy" if outcome.kind == "retry" else "the reply"
+                outcome = Outcome.dead_letter(FollowUpRefused(what, exc, outcome.error))
+                try:
+                    await self._follow_up(delivery, queue, outcome, None)
+                except Exception as again:
+                    return await self._hand_back(delivery, queue, again)
+        try:
+            await delivery.ack()
+        except Exception as exc:
+            log.warning(
+                "message %s on %s: ack failed (%s); the broker will deliver it again",
+                delivery.message_id,
+                queue,
+                exc,
+            )
+        return outcome.kind
+
+    async def _hand_back(self, delivery: Delivery, queue: str, error: BaseException) -> str:
+        log.error(
+            "message %s on %s: follow-up publish failed (%s); returning it to the queue",
+            delivery.message_id,
+            queue,
+            error,
+        )
+        await asyncio.sleep(HAND_BACK_PAUSE_S)
+        self.returned(delivery)
+        with contextlib.suppress(Exception):
+            await delivery.nack(requeue=True)
+        return "handed_back"
+
+    async def _follow_up(
+        self, delivery: Delivery, queue: str, outcome: Outcome, reply: bytes | None
+    ) -> None:
+        if outcome.kind == "ack":
+            if reply is not None:
+                await self.reply(delivery, reply, "ok")
+        elif outcome.kind == "retry":
+            await self.retry(delivery, queue, outcome)
+        else:
+            assert outcome.error is not None
+            if delivery.properties.reply_to:
+                with contextlib.suppress(Exception):
+                    # The caller may have gone away; the dead letter matters more.
+                    await self.reply(delivery, error_reply_body(outcome.error), "error")
+            await self.dead_letter(delivery, queue, outcome.error)
+
+    async def reply(self, delivery: Delivery, body: bytes, status: str) -> None:
+        """Send an RPC reply (`status` "ok" or "error") to the request's reply-to."""
+        reply_to = delivery.properties.reply_to
+        assert reply_to is not None
+        properties = reply_properties(delivery.properties.correlation_id, status)
+        # The caller may have gone away; an undeliverable reply is not an error.
+        await self.transport.send("", reply_to, body, properties, mandatory=False)
+
+    async def retry(self, delivery: Delivery, queue: str, outcome: Outcome) -> None:
+        """Publish the next attempt: straight back to the queue, or through its retry queue."""
+        attempt = attempt_of(delivery.headers)
+        properties = copy_properties(
+            delivery.properties,
+            routing_key=delivery.routing_key,
+            set_headers={ATTEMPT: attempt + 1},
+        )
+        error = outcome.error
+        log.warning(
+            "message %s on %s failed on attempt %d (%s: %s); retrying in %d ms",
+            delivery.message_id,
+            queue,
+            attempt,
+            type(error).__name__,
+            error,
+            outcome.delay_ms,
+        )
+        if outcome.delay_ms <= 0:
+            await self.transport.send("", queue, delivery.body, properties)
+            return
+        spec = retry_queue_spec(self.exchange, queue, outcome.delay_ms, self.queue_type)
+        await self.transport.ensure_queue(spec)
+        try:
+            await self.transport.send(
+                retry_exchange_name(self.exchange), spec.name, delivery.body, properties
+            )
+        except UnroutableError:
+            # The retry queue expired between our declarations; declare it and once
+            # more. (Not on NotConfirmed: the copy may have landed.)
+            await self.transport.ensure_queue(spec, force=True)
+            await self.transport.send(
+                retry_exchange_name(self.exchange), spec.name, delivery.body, properties
+            )
+
+    async def dead_letter(
+        self,
+        delivery: Delivery,
+        queue: str,
+        error: BaseException,
+        *,
+        drop_headers: tuple[str, ...] = (),
+    ) -> None:
+        """Publish the delivery to its dead-letter queue with the error in its headers."""
+        properties = copy_properties(
+            delivery.properties,
+            routing_key=delivery.routing_key,
+            set_headers=error_headers(error, queue=queue, attempt=attempt_of(delivery.headers)),
+            drop_headers=drop_headers,
+        )
+        if not isinstance(error, DecodeError | MessageTooLarge):
+            log.error(
+                "message %s on %s dead-lettered after attempt %d: %s",
+                delivery.message_id,
+                queue,
+                attempt_of(delivery.headers),
+                _describe(error),
+            )
+        # Not refused for its size: the broker already holds it, and refusing would
+        # leave it looping in its queue.
+        await self.transport.send(
+            dead_letter_exchange_name(self.exchange), queue, delivery.body, properties
+        )
+
+    async def _dead_letter_anyway(
+        self, delivery: Delivery, queue: str, outcome: Outcome, error: BaseException
+    ) -> bool:
+        """The dead letter itself was refused for good. A header the broker's copy
+        cannot carry is left out (and named in the reason); otherwise there is nothing
+        to drop, and the caller hands the delivery back. True when it was sent."""
+        if not isinstance(error, HeaderError):
+            return False
+        header = error.header
+        reason = FollowUpRefused(f"header {header!r}", error, outcome.error)
+        try:
+            await self.dead_letter(delivery, queue, reason, drop_headers=(header,))
+        except Exception as again:
+            log.error(
+                "message %s on %s: dead letter refused: %s", delivery.message_id, queue, again
+            )
+            return False
+        return True
