@@ -109,12 +109,17 @@ async def machine(url: str) -> dict[str, Any]:
 async def medians(
     repeat: int, base: Callable[[], Awaitable[float]], ours: Callable[[], Awaitable[float]]
 ) -> tuple[float, float]:
-    """The median of each side over `repeat` runs, the sides taking turns so that a
-    change in the machine's load hits both alike."""
+    """The median of each side over `repeat` runs, the sides taking turns (and the
+    side that goes first alternating, run by run) so that a change in the machine's
+    load, or a warm-up, hits both alike."""
     a, b = [], []
-    for _ in range(repeat):
-        a.append(await base())
-        b.append(await ours())
+    for i in range(repeat):
+        if i % 2 == 0:
+            a.append(await base())
+            b.append(await ours())
+        else:
+            b.append(await ours())
+            a.append(await base())
     return statistics.median(a), statistics.median(b)
 
 
@@ -156,9 +161,10 @@ async def bench_queue_type(args: argparse.Namespace, qt: str, rows: list[Row]) -
     if "rpc" in args.only:
         lat_base: list[float] = []
         lat_ours: list[float] = []
-        for _ in range(r):
-            lat_base += await baseline.rpc_latency(url, qt, args.rpc_calls)
-            lat_ours += await rw.rpc_latency(url, qt, args.rpc_calls)
+        for i in range(r):
+            sides = [(lat_base, baseline.rpc_latency), (lat_ours, rw.rpc_latency)]
+            for into, run in sides if i % 2 == 0 else sides[::-1]:
+                into += await run(url, qt, args.rpc_calls)
         ms = 1000.0
         add("RPC latency p50, sequential", "ms", percentile(lat_base, 50) * ms,
             percentile(lat_ours, 50) * ms, False, 1.2)  # fmt: skip
@@ -175,9 +181,13 @@ async def bench_queue_type(args: argparse.Namespace, qt: str, rows: list[Row]) -
         n = args.messages
         runs: dict[tuple[str, int], procs.ProcessRun] = {}
         for count in (1, 2):
-            for side in ("aio-pika", "rabbitworker"):
-                results = [await procs.consume_processes(url, qt, n, count, side) for _ in range(r)]
-                runs[side, count] = sorted(results, key=lambda x: x.rate)[len(results) // 2]
+            results: dict[str, list[procs.ProcessRun]] = {"aio-pika": [], "rabbitworker": []}
+            for i in range(r):
+                order = ["aio-pika", "rabbitworker"] if i % 2 == 0 else ["rabbitworker", "aio-pika"]
+                for side in order:
+                    results[side].append(await procs.consume_processes(url, qt, n, count, side))
+            for side, done in results.items():
+                runs[side, count] = sorted(done, key=lambda x: x.rate)[len(done) // 2]
         for count in (1, 2):
             label = "1 process" if count == 1 else f"{count} processes"
             add(f"consume, no-op, {label}", "msg/s", runs["aio-pika", count].rate,

@@ -1,1 +1,3 @@
+"""The package version, read by the build (hatch) and `rabbitworker --version`."""
+
 __version__ = "0.1.0"

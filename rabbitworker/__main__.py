@@ -1,3 +1,5 @@
+"""`python -m rabbitworker`: the command line."""
+
 from .cli import main
 
 main()

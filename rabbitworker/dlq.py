@@ -15,6 +15,7 @@ from .topology import dead_letter_queue_name
 from .transport import Delivery
 from .wire import (
     ATTEMPT,
+    DEATH,
     ERROR_HEADERS,
     ERROR_MESSAGE,
     ERROR_TYPE,
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from .app import App
 
 __all__ = ["DeadLetter", "describe", "list_dead_letters", "purge", "replay", "to_json"]
-
-_DEATH = "x-death"
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def describe(message: Delivery, queue: str) -> DeadLetter:
     original_queue = text_of(headers.get(ORIGINAL_QUEUE, queue))
     if not error_type:
         # Dead-lettered by the broker itself (delivery limit): x-death says why.
-        deaths = headers.get(_DEATH)
+        deaths = headers.get(DEATH)
         if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
             death = deaths[0]  # the most recent
             reason = text_of(death.get("reason", "?"))

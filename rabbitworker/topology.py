@@ -29,6 +29,7 @@ __all__ = [
     "retry_queue_spec",
     "suspect_queue_name",
     "topic_matches",
+    "work_queue_specs",
 ]
 
 QueueType = Literal["quorum", "classic"]
@@ -194,6 +195,41 @@ def delay_queue_spec(exchange: str, delay_ms: int, queue_type: QueueType) -> Que
     )
 
 
+def work_queue_specs(
+    exchange: str,
+    queue: str,
+    keys: Iterable[str],
+    retry_steps_ms: Iterable[int],
+    *,
+    queue_type: QueueType,
+    delivery_limit: int,
+) -> list[QueueSpec]:
+    """A work queue and its parts: the queue bound to its keys, its crash-suspect
+    queue, its dead-letter queue and one retry queue per back-off step."""
+    dlx = dead_letter_exchange_name(exchange)
+    crash_backstop = queue_arguments(
+        queue_type,
+        dead_letter_exchange=dlx,
+        dead_letter_routing_key=queue,
+        delivery_limit=delivery_limit,
+    )
+    return [
+        QueueSpec(
+            name=queue,
+            arguments=crash_backstop,
+            bindings=tuple((exchange, key) for key in sorted(set(keys))),
+        ),
+        QueueSpec(name=suspect_queue_name(queue), arguments=crash_backstop, role="crash suspects"),
+        QueueSpec(
+            name=dead_letter_queue_name(queue),
+            arguments=queue_arguments(queue_type),
+            bindings=((dlx, queue),),
+            role="dead letters",
+        ),
+        *(retry_queue_spec(exchange, queue, ms, queue_type) for ms in sorted(set(retry_steps_ms))),
+    ]
+
+
 def build_topology(
     exchange: str,
     queues: Mapping[str, Iterable[str]],
@@ -207,49 +243,24 @@ def build_topology(
     `queues` maps each queue to the routing keys (or patterns) it binds;
     `retry_steps_ms` maps it to the back-off delays its tasks use.
     """
-    dlx = dead_letter_exchange_name(exchange)
     exchanges = (
         ExchangeSpec(exchange, "topic"),
         ExchangeSpec(retry_exchange_name(exchange), "direct"),
-        ExchangeSpec(dlx, "direct"),
+        ExchangeSpec(dead_letter_exchange_name(exchange), "direct"),
         ExchangeSpec(delay_exchange_name(exchange), "headers"),
     )
-    specs: list[QueueSpec] = []
-    for queue, keys in sorted(queues.items()):
-        specs.append(
-            QueueSpec(
-                name=queue,
-                arguments=queue_arguments(
-                    queue_type,
-                    dead_letter_exchange=dlx,
-                    dead_letter_routing_key=queue,
-                    delivery_limit=delivery_limit,
-                ),
-                bindings=tuple((exchange, key) for key in sorted(set(keys))),
-            )
+    specs = [
+        spec
+        for queue, keys in sorted(queues.items())
+        for spec in work_queue_specs(
+            exchange,
+            queue,
+            keys,
+            retry_steps_ms.get(queue, ()),
+            queue_type=queue_type,
+            delivery_limit=delivery_limit,
         )
-        specs.append(
-            QueueSpec(
-                name=suspect_queue_name(queue),
-                arguments=queue_arguments(
-                    queue_type,
-                    dead_letter_exchange=dlx,
-                    dead_letter_routing_key=queue,
-                    delivery_limit=delivery_limit,
-                ),
-                role="crash suspects",
-            )
-        )
-        specs.append(
-            QueueSpec(
-                name=dead_letter_queue_name(queue),
-                arguments=queue_arguments(queue_type),
-                bindings=((dlx, queue),),
-                role="dead letters",
-            )
-        )
-        for ms in sorted(set(retry_steps_ms.get(queue, ()))):
-            specs.append(retry_queue_spec(exchange, queue, ms, queue_type))
+    ]
     notes = (
         f"delayed publishing declares {delay_queue_name(exchange, 0).rsplit('.', 1)[0]}.<ms> "
         "queues on demand (x-expires; delays rounded up to 2 significant digits of ms)",

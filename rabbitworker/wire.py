@@ -18,7 +18,9 @@ from .errors import MessageTooLarge
 __all__ = [
     "ATTEMPT",
     "CRASHES",
+    "DEATH",
     "DELAY",
+    "DELIVERY_COUNT",
     "DIRECT_REPLY_TO",
     "ERROR_HEADERS",
     "ERROR_MESSAGE",
@@ -67,8 +69,9 @@ ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, FAILED_AT, ORIGINAL_QUEUE)
 
 # Headers the broker writes for its own bookkeeping: dead-lettering history and the
 # quorum queue's delivery count. A copy we publish starts without them.
-_DELIVERY_COUNT = "x-delivery-count"
-_BROKER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-")
+DEATH = "x-death"
+DELIVERY_COUNT = "x-delivery-count"
+_BROKER_PREFIXES = (DEATH, "x-first-death-", "x-last-death-")
 
 MAX_ERROR_MESSAGE = 2000
 
@@ -144,7 +147,7 @@ def reply_properties(correlation_id: str | None, status: str) -> Properties:
 
 def is_broker_header(name: str) -> bool:
     """Whether a header is the broker's own bookkeeping, which a copy drops."""
-    return name == _DELIVERY_COUNT or name.startswith(_BROKER_PREFIXES)
+    return name == DELIVERY_COUNT or name.startswith(_BROKER_PREFIXES)
 
 
 def copy_properties(

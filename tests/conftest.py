@@ -17,6 +17,12 @@ from typing import Any
 
 import aio_pika
 import pytest
+from nodes import (  # noqa: F401  (fixtures for extra RabbitMQ nodes and a cluster)
+    make_rabbit_node,
+    rabbit_cluster,
+    rabbit_cluster_for_module,
+    rabbit_node,
+)
 from proxy import Proxy
 
 from rabbitworker import App, Worker
@@ -70,6 +76,50 @@ def broker_url() -> Iterator[str]:
             yield f"amqp://guest:guest@{host}:{port}/"
         return
     pytest.fail(HOW_TO_GET_A_BROKER, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis: RABBITWORKER_TEST_REDIS_URL, 127.0.0.1:6379, testcontainers."""
+    url = os.environ.get("RABBITWORKER_TEST_REDIS_URL")
+    if url:
+        yield url
+    elif _port_open("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379/0"
+    elif _docker_answers():
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7") as container:
+            host = container.get_container_host_ip()
+            yield f"redis://{host}:{container.get_exposed_port(6379)}/0"
+    else:
+        pytest.fail(
+            "no Redis for the tests: set RABBITWORKER_TEST_REDIS_URL, start one on "
+            "127.0.0.1:6379 (`redis-server --daemonize yes`), or start Docker",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL: RABBITWORKER_TEST_POSTGRES_URL, 127.0.0.1:5432 (database `test`),
+    testcontainers."""
+    url = os.environ.get("RABBITWORKER_TEST_POSTGRES_URL")
+    if url:
+        yield url
+    elif _port_open("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/test"
+    elif _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16", driver=None) as container:
+            yield container.get_connection_url()
+    else:
+        pytest.fail(
+            "no PostgreSQL for the tests: set RABBITWORKER_TEST_POSTGRES_URL, start one on "
+            "127.0.0.1:5432 with a database `test`, or start Docker",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ cli = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 cli.command()(run)
 cli.command()(topology)

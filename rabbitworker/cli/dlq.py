@@ -12,11 +12,15 @@ from .common import AppOpt, JsonOpt, QueueOpt, UrlOpt, fail, friendly, get_app, 
 
 __all__ = ["dlq_cli"]
 
-dlq_cli = typer.Typer(help="Inspect, replay and purge dead letters.", no_args_is_help=True)
+dlq_cli = typer.Typer(
+    help="Inspect, replay and purge dead letters.", no_args_is_help=True, rich_markup_mode=None
+)
 
 IdsOpt = Annotated[
     list[str] | None,
-    typer.Option("--id", help="a message id (repeat for several)", show_default=False),
+    typer.Option(
+        "--id", metavar="MESSAGE_ID", help="a message id (repeat for several)", show_default=False
+    ),
 ]
 
 
@@ -26,7 +30,7 @@ def dlq_list(
     queue: QueueOpt,
     app_path: AppOpt = None,
     url: UrlOpt = None,
-    limit: Annotated[int, typer.Option(min=1, help="show at most this many")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, help="show at most this many")] = 50,
     as_json: JsonOpt = False,
 ) -> None:
     """List dead letters: id, type, attempts, error, failed at."""

@@ -15,8 +15,15 @@ from .common import AppOpt, UrlOpt, fail, friendly, get_app, run_async
 
 __all__ = ["call_cmd", "publish_cmd", "topology"]
 
-KeyArg = Annotated[str, typer.Argument(help="the message type's routing key", show_default=False)]
-PayloadArg = Annotated[str, typer.Argument(help="the message as JSON", show_default=False)]
+KeyArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="ROUTING_KEY", help="the message type's routing key", show_default=False
+    ),
+]
+PayloadArg = Annotated[
+    str, typer.Argument(metavar="JSON", help="the message as JSON", show_default=False)
+]
 
 
 def validate(app: App, routing_key: str, payload: str) -> Any:
@@ -47,7 +54,12 @@ def publish_cmd(
     url: UrlOpt = None,
     delay: Annotated[
         float | None,
-        typer.Option(min=0, help="deliver no earlier than this many seconds", show_default=False),
+        typer.Option(
+            metavar="SECONDS",
+            min=0,
+            help="deliver no earlier than this many seconds from now",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Publish one message and print its id once the broker confirmed it."""
@@ -62,7 +74,10 @@ def call_cmd(
     payload: PayloadArg,
     app_path: AppOpt = None,
     url: UrlOpt = None,
-    timeout: Annotated[float, typer.Option(min=0.001, help="seconds to wait for the reply")] = 30.0,
+    timeout: Annotated[
+        float,
+        typer.Option(metavar="SECONDS", min=0.001, help="how long to wait for the reply"),
+    ] = 30.0,
 ) -> None:
     """Call an RPC task and print its reply as JSON."""
     app = get_app(app_path, url)
