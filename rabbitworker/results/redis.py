@@ -102,7 +102,9 @@ class RedisResultStore:
         """Wake the waiters of each id whose final state was published."""
         while self._waiters:
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
             except Exception as exc:  # the connection dropped: readers fall back to their timeout
                 log.warning("results store: lost the notification connection (%s)", exc)
                 return

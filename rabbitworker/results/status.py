@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 __all__ = ["ErrorInfo", "State", "TaskStatus", "WorkerInfo", "now"]
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """Where a tracked message is: `queued` (published), `started` (a handler runs
     it), `retrying` (an attempt failed; `next_attempt_at` says when the next one
     comes), `succeeded` (with its result) or `failed` (dead-lettered, with the error)."""
