@@ -296,3 +296,34 @@ async def test_an_error_message_that_is_not_valid_text_still_reaches_the_dead_le
     assert runs == [1]
     assert headers["x-error-type"] == "ValueError"
     assert headers["x-error-message"] == "cannot handle name '\\ud800'"
+
+
+async def test_a_dead_letter_does_not_keep_the_messages_expiration_and_so_does_not_vanish(
+    make_app: Any, start_worker: Any, prefix: str, amqp: Any, broker_url: str
+) -> None:
+    app = make_app()
+    queue = f"{prefix}.jobs"
+
+    @app.task(queue=queue)
+    async def job(msg: Job) -> None:
+        raise Reject("no")
+
+    await start_worker(app)
+    connection = await aiormq.connect(broker_url)
+    channel = await connection.channel()
+    await channel.confirm_delivery()
+    await channel.basic_publish(
+        b'{"n": 1}',
+        exchange=app.exchange,
+        routing_key="followups.job",
+        properties=aiormq.spec.Basic.Properties(expiration="300", message_id="short-lived"),
+    )
+    await connection.close()
+    await eventually(lambda: dead_lettered(amqp, queue))
+    await asyncio.sleep(0.6)  # twice its time to live: still there
+    letter = await one_dead_letter(amqp, queue)
+    assert (letter.message_id, letter.expiration) == ("short-lived", None)
+
+
+async def dead_lettered(amqp: Any, queue: str) -> bool:
+    return await queue_depth(amqp, dead_letter_queue_name(queue)) == 1

@@ -23,7 +23,7 @@ from conftest import APPS, eventually, read_record
 from pamqp import commands, decode
 from pamqp.common import Struct
 
-from rabbitworker import Context, Middleware
+from rabbitworker import Context, Middleware, TaskMessage
 from rabbitworker._amqp.headers import (
     Float32,
     Float64,
@@ -182,6 +182,23 @@ def test_a_nan_or_infinite_float_is_refused_before_rabbitmq_closes_the_connectio
 
     with pytest.raises(HeaderError, match=r"header 'k'.*a NaN or infinite float"):
         WireProperties(headers={"k": value}).marshal()
+
+
+async def test_publishing_a_nan_header_raises_header_error_and_the_connection_stays_up(
+    make_app: Any, prefix: str
+) -> None:
+    app = make_app()
+
+    class Note(TaskMessage, routing_key=f"{prefix}.note"):
+        n: int
+
+    @app.task(queue=f"{prefix}.notes")
+    async def note(msg: Note) -> None: ...
+
+    async with app:
+        with pytest.raises(HeaderError, match=r"header 'score'.*NaN or infinite"):
+            await app.publish(Note(n=1), headers={"score": math.nan})
+        assert await app.publish(Note(n=2), headers={"score": 1.5})
 
 
 # -- through a worker, the dead-letter queue and `dlq replay` -----------------------

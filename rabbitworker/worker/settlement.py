@@ -236,6 +236,9 @@ class Settlement:
             set_headers=error_headers(error, queue=queue, attempt=attempt_of(delivery.headers)),
             drop_headers=drop_headers,
         )
+        # As the broker does when it dead-letters: a per-message TTL would make the
+        # dead letter expire in the dead-letter queue, which has nowhere to send it.
+        properties.expiration = None
         # Not refused for its size: the broker already holds it, and refusing would
         # leave it looping in its queue.
         await self.transport.send(
