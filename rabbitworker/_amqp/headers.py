@@ -22,11 +22,27 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any
 
 from pamqp import commands, common, decode, encode
 
 from ..errors import HeaderError
+from .header_types import (
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    MillisecondTimestamp,
+    RawTimestamp,
+    TypedFloat,
+    TypedInt,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+)
 
 __all__ = [
     "Float32",
@@ -48,119 +64,6 @@ __all__ = [
 
 _Path = tuple[str | int, ...]
 _Decoder = Callable[..., tuple[int, common.FieldValue]]
-
-
-class _TypedInt(int):
-    amqp_type: ClassVar[str]
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({int.__repr__(self)})"
-
-    # int has no __str__ of its own: without this, str() and f-strings would use the repr.
-    __str__ = int.__repr__
-
-
-class Int8(_TypedInt):
-    """An int sent as AMQP 'b' (signed 8-bit)."""
-
-    amqp_type = "b"
-    __slots__ = ()
-
-
-class UInt8(_TypedInt):
-    """An int sent as AMQP 'B' (unsigned 8-bit)."""
-
-    amqp_type = "B"
-    __slots__ = ()
-
-
-class Int16(_TypedInt):
-    """An int sent as AMQP 's' (signed 16-bit)."""
-
-    amqp_type = "s"
-    __slots__ = ()
-
-
-class UInt16(_TypedInt):
-    """An int sent as AMQP 'u' (unsigned 16-bit)."""
-
-    amqp_type = "u"
-    __slots__ = ()
-
-
-class Int32(_TypedInt):
-    """An int sent as AMQP 'I' (signed 32-bit)."""
-
-    amqp_type = "I"
-    __slots__ = ()
-
-
-class UInt32(_TypedInt):
-    """An int sent as AMQP 'i' (unsigned 32-bit)."""
-
-    amqp_type = "i"
-    __slots__ = ()
-
-
-class Int64(_TypedInt):
-    """An int sent as AMQP 'l' (signed 64-bit)."""
-
-    amqp_type = "l"
-    __slots__ = ()
-
-
-class UInt64(_TypedInt):
-    """An int sent as AMQP 'L'; any value from -2**63 to 2**64-1, written as its 64 bits.
-
-    pamqp and RabbitMQ read 'L' as signed (RabbitMQ re-encodes it as 'l'), so a
-    received value is signed; it is kept as is so decoding stays value-transparent.
-    """
-
-    amqp_type = "L"
-    __slots__ = ()
-
-
-class _TypedFloat(float):
-    amqp_type: ClassVar[str]
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({float.__repr__(self)})"
-
-    __str__ = float.__repr__
-
-
-class Float32(_TypedFloat):
-    """A float sent as AMQP 'f' (32-bit); a plain float is sent as 'd'."""
-
-    amqp_type = "f"
-    __slots__ = ()
-
-
-class Float64(_TypedFloat):
-    """A float sent as AMQP 'd' (64-bit), as a plain float is."""
-
-    amqp_type = "d"
-    __slots__ = ()
-
-
-class MillisecondTimestamp(datetime):
-    """A datetime sent as an AMQP 'T' counting milliseconds, not seconds.
-
-    pamqp reads a 'T' above 2**32-1 as milliseconds (some clients send them); this
-    keeps such a value in milliseconds when it is sent again.
-    """
-
-    __slots__ = ()
-
-
-class RawTimestamp(_TypedInt):
-    """An AMQP 'T' too far ahead for a datetime (after the year 9999), kept as the
-    unsigned 64-bit count it arrived as."""
-
-    amqp_type = "T"
-    __slots__ = ()
 
 
 def _uint64(value: int) -> bytes:
@@ -258,7 +161,7 @@ def _value(value: Any, path: _Path, finite: bool) -> bytes:
     try:
         if isinstance(value, bool):
             return b"t" + encode.boolean(value)
-        if isinstance(value, _TypedInt | _TypedFloat):
+        if isinstance(value, TypedInt | TypedFloat):
             return value.amqp_type.encode() + _ENCODERS[value.amqp_type](value)
         if isinstance(value, int):
             return encode.table_integer(value)
@@ -291,7 +194,7 @@ def _value(value: Any, path: _Path, finite: bool) -> bytes:
 def _out_of_range(value: object, exc: Exception) -> str:
     # Says why without quoting the value: headers can hold secrets.
     kind = type(value).__name__
-    if isinstance(value, _TypedInt | _TypedFloat):
+    if isinstance(value, TypedInt | TypedFloat):
         return f"a {kind} out of range for AMQP type {value.amqp_type!r}: {exc}"
     if isinstance(value, int):
         return f"an int of {value.bit_length()} bits does not fit in AMQP's 64-bit integers"
@@ -334,7 +237,7 @@ class _TypedDecoder:
         return consumed, self.convert(value, data)
 
 
-def _as(cls: type[_TypedInt | _TypedFloat]) -> Callable[[Any, bytes], Any]:
+def _as(cls: type[TypedInt | TypedFloat]) -> Callable[[Any, bytes], Any]:
     return lambda value, _data: cls(value)
 
 
