@@ -30,7 +30,15 @@ from .wire import (
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["DeadLetter", "describe", "list_dead_letters", "purge", "replay", "to_json"]
+__all__ = [
+    "DeadLetter",
+    "describe",
+    "list_dead_letters",
+    "printable",
+    "purge",
+    "replay",
+    "to_json",
+]
 
 
 @dataclass(frozen=True)
@@ -50,19 +58,33 @@ class DeadLetter:
         return asdict(self)
 
 
+def printable(text: str) -> str:
+    """Text as an operator can read and type it: bytes that were not UTF-8 (decoded
+    as surrogate escapes) are shown as \\xNN."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _text(value: Any) -> str:
+    return printable(text_of(value))
+
+
 def describe(message: Delivery, queue: str) -> DeadLetter:
     """What a dead letter of `queue` says about itself."""
     headers = message.headers
-    error_type = text_of(headers.get(ERROR_TYPE, ""))
-    error_message = text_of(headers.get(ERROR_MESSAGE, ""))
-    failed_at = text_of(headers.get(FAILED_AT, ""))
-    original_queue = text_of(headers.get(ORIGINAL_QUEUE, queue))
+    error_type = _text(headers.get(ERROR_TYPE, ""))
+    error_message = _text(headers.get(ERROR_MESSAGE, ""))
+    failed_at = _text(headers.get(FAILED_AT, ""))
+    original_queue = _text(headers.get(ORIGINAL_QUEUE, queue))
     if not error_type:
         # Dead-lettered by the broker itself (delivery limit): x-death says why.
         deaths = headers.get(DEATH)
         if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
             death = deaths[0]  # the most recent
-            reason = text_of(death.get("reason", "?"))
+            reason = _text(death.get("reason", "?"))
             error_type = f"broker:{reason}"
             error_message = (
                 "delivered more often than the queue's x-delivery-limit"
@@ -73,13 +95,13 @@ def describe(message: Delivery, queue: str) -> DeadLetter:
             failed_at = (
                 when.isoformat(timespec="milliseconds")
                 if isinstance(when, datetime)
-                else text_of(when or "")
+                else _text(when or "")
             )
         else:
             error_type = "unknown"
     return DeadLetter(
-        message_id=message.message_id,
-        type=message.type,
+        message_id=printable(message.message_id),
+        type=printable(message.type),
         attempts=attempt_of(headers),
         error_type=error_type,
         error_message=error_message,
@@ -119,8 +141,8 @@ async def replay(
         raise ConfigurationError("name the dead letters to replay (--id) or pass --all")
     transport = app.transport
     async with transport.browse(dead_letter_queue_name(queue)) as browser:
-        taken = [m for m in await browser.take() if everything or m.message_id in wanted]
-        missing = wanted - {m.message_id for m in taken}
+        taken = [m for m in await browser.take() if everything or _named(m, wanted)]
+        missing = wanted - _ids(taken)
         if missing:
             raise ConfigurationError(
                 f"not in {dead_letter_queue_name(queue)}: {', '.join(sorted(missing))}"
@@ -148,13 +170,22 @@ async def purge(app: App, queue: str, *, ids: Iterable[str] = ()) -> int:
     if not wanted:
         return await app.transport.purge(name)
     async with app.transport.browse(name) as browser:
-        taken = [m for m in await browser.take() if m.message_id in wanted]
-        missing = wanted - {m.message_id for m in taken}
+        taken = [m for m in await browser.take() if _named(m, wanted)]
+        missing = wanted - _ids(taken)
         if missing:
             raise ConfigurationError(f"not in {name}: {', '.join(sorted(missing))}")
         for message in taken:
             await message.ack()
     return len(taken)
+
+
+def _named(message: Delivery, ids: set[str]) -> bool:
+    # By its id as listed, too: an id that is not UTF-8 is listed as \xNN escapes.
+    return message.message_id in ids or printable(message.message_id) in ids
+
+
+def _ids(messages: list[Delivery]) -> set[str]:
+    return {m.message_id for m in messages} | {printable(m.message_id) for m in messages}
 
 
 def to_json(letters: list[DeadLetter]) -> str:

@@ -184,11 +184,13 @@ def copy_properties(
 
 def error_headers(error: BaseException, *, queue: str, attempt: int) -> dict[str, Any]:
     """The headers a dead letter carries about the failure that put it there."""
-    text = getattr(error, "reason", None) or str(error) or type(error).__name__
+    text = str(getattr(error, "reason", None) or str(error) or type(error).__name__)
+    # Lone surrogates have no UTF-8: escaped, or the dead letter could not be sent.
+    text = text[:MAX_ERROR_MESSAGE].encode("utf-8", "backslashreplace").decode()
     return {
         ATTEMPT: attempt,
         ERROR_TYPE: error_type(error),
-        ERROR_MESSAGE: str(text)[:MAX_ERROR_MESSAGE],
+        ERROR_MESSAGE: text,
         FAILED_AT: datetime.now(UTC).isoformat(timespec="milliseconds"),
         ORIGINAL_QUEUE: queue,
     }

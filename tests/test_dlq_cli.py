@@ -4,13 +4,16 @@ and purges what is left."""
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aio_pika
-from conftest import APPS, eventually, queue_depth, read_record
+import aiormq
+import pytest
+from conftest import APPS, eventually, get_all, queue_depth, read_record
 
+from rabbitworker._amqp.headers import WireProperties
 from rabbitworker.topology import dead_letter_queue_name
 
 sys.path.insert(0, str(APPS))
@@ -159,3 +162,233 @@ async def test_the_dead_letters_of_a_queue_the_app_does_not_have_are_one_line_an
         assert result.stderr.strip() == (
             f"error: unknown queue 'nope'; app 'failures-cli' has: {m.name('jobs')}"
         )
+
+
+# -- what `dlq` refuses, and dead letters it did not write ----------------------------
+
+
+async def forge_dead_letter(
+    amqp: Any, queue: str, message_id: str, *, body: bytes = b'{"n": 1}', **headers: Any
+) -> None:
+    """Put a message straight into `queue`'s dead-letter queue, as any client could."""
+    channel = await amqp.channel()
+    message = aio_pika.Message(body, message_id=message_id, headers=headers or None)
+    await channel.default_exchange.publish(message, dead_letter_queue_name(queue))
+    await channel.close()
+
+
+async def test_replaying_ids_that_are_not_there_names_them_exits_2_and_replays_nothing(
+    broker_url: str, prefix: str, tmp_path: Path, amqp: Any
+) -> None:
+    record = tmp_path / "handled.txt"
+    async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
+        queue = m.name("jobs")
+        async with m.app:  # declares the queues
+            pass
+        await forge_dead_letter(amqp, queue, "here")
+        await eventually(lambda: dead_letters_are(amqp, queue, 1))
+
+        result = await run_cli(
+            "dlq", "replay", "--id", "here", "--id", "nope", "--id", "gone",
+            "--app", "failures_cli:app", "--queue", queue,
+            broker_url=broker_url, prefix=prefix, record=record,
+        )  # fmt: skip
+
+        assert result.code == 2
+        assert result.stdout == ""
+        assert result.stderr == f"error: not in {queue}.dlq: gone, nope\n"
+        assert await dead_letters_are(amqp, queue, 1)
+        assert await queue_depth(amqp, queue) == 0
+
+
+async def dead_letters_are(amqp: Any, queue: str, n: int) -> bool:
+    return await queue_depth(amqp, dead_letter_queue_name(queue)) == n
+
+
+async def test_a_dead_letter_is_replayed_to_the_queue_of_its_dead_letter_queue_whatever_it_claims(
+    broker_url: str, prefix: str, tmp_path: Path, amqp: Any
+) -> None:
+    record = tmp_path / "handled.txt"
+    async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
+        queue = m.name("jobs")
+        channel = await amqp.channel()
+        victim = await channel.declare_queue(f"{prefix}.victim", auto_delete=True)
+        async with m.app:
+            pass
+        # A producer can write any x-original-queue header; replay must not follow it.
+        await forge_dead_letter(
+            amqp, queue, "forged", **{"x-original-queue": victim.name, "x-error-type": "Forged"}
+        )
+        await eventually(lambda: dead_letters_are(amqp, queue, 1))
+
+        result = await run_cli(
+            "dlq", "replay", "--id", "forged", "--app", "failures_cli:app", "--queue", queue,
+            broker_url=broker_url, prefix=prefix, record=record,
+        )  # fmt: skip
+
+        assert (result.code, result.stderr) == (0, "")
+        assert result.stdout.strip() == f"replayed 1 message(s) to {queue}"
+        [replayed] = await get_all(amqp, queue)
+        assert replayed.message_id == "forged"
+        headers = replayed.headers or {}
+        assert "x-original-queue" not in headers and "x-error-type" not in headers
+        assert (headers["x-attempt"], headers["x-replayed"]) == (1, True)
+        assert await queue_depth(amqp, victim.name) == 0
+        assert await dead_letters_are(amqp, queue, 0)
+        await channel.close()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["list"],
+        ["list", "--json"],
+        ["replay", "--all"],
+        ["replay", "--id", "x"],
+        ["purge", "--yes"],
+        ["purge", "--id", "x", "--yes"],
+    ],
+    ids=" ".join,
+)
+async def test_dlq_commands_on_a_queue_the_app_does_not_have_are_one_line_and_exit_code_2(
+    broker_url: str, prefix: str, tmp_path: Path, command: list[str]
+) -> None:
+    record = tmp_path / "handled.txt"
+    async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
+        result = await run_cli(
+            "dlq", *command, "--app", "failures_cli:app", "--queue", "typo",
+            broker_url=broker_url, prefix=prefix, record=record,
+        )  # fmt: skip
+
+    assert (result.code, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"error: unknown queue 'typo'; app 'failures-cli' has: {m.name('jobs')}\n"
+    )
+
+
+async def test_purging_an_id_that_is_not_there_names_it_exits_2_and_purges_nothing(
+    broker_url: str, prefix: str, tmp_path: Path, amqp: Any
+) -> None:
+    record = tmp_path / "handled.txt"
+    async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
+        queue = m.name("jobs")
+        async with m.app:
+            pass
+        await forge_dead_letter(amqp, queue, "here")
+        await eventually(lambda: dead_letters_are(amqp, queue, 1))
+
+        result = await run_cli(
+            "dlq", "purge", "--id", "here", "--id", "nope", "--yes",
+            "--app", "failures_cli:app", "--queue", queue,
+            broker_url=broker_url, prefix=prefix, record=record,
+        )  # fmt: skip
+
+        assert (result.code, result.stdout) == (2, "")
+        assert result.stderr == f"error: not in {queue}.dlq: nope\n"
+        assert await dead_letters_are(amqp, queue, 1)
+
+
+async def test_a_dead_letter_the_broker_wrote_is_listed_from_its_x_death_and_replayed_without_it(
+    broker_url: str, prefix: str, tmp_path: Path, amqp: Any
+) -> None:
+    record = tmp_path / "handled.txt"
+
+    async def cli(*args: str) -> CliResult:
+        return await run_cli(
+            "dlq", *args, "--app", "failures_cli:app", "--queue", queue,
+            broker_url=broker_url, prefix=prefix, record=record,
+        )  # fmt: skip
+
+    async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
+        queue = m.name("jobs")
+        async with m.app:
+            message_id = await m.app.publish(m.Job(n=4))
+        # A consumer that is not rabbitworker rejects it: the broker dead-letters it
+        # through the queue's own dead-letter exchange, with x-death and nothing else.
+        channel = await amqp.channel()
+        work = await channel.get_queue(queue)
+        rejected = await work.get(timeout=10)
+        before = datetime.now(UTC).replace(microsecond=0)
+        await rejected.reject(requeue=False)
+        await eventually(lambda: dead_letters_are(amqp, queue, 1))
+        await channel.close()
+
+        listed = await cli("list", "--json")
+        assert (listed.code, listed.stderr) == (0, "")
+        [letter] = json.loads(listed.stdout)
+        assert letter["message_id"] == message_id
+        assert letter["type"] == m.name("job")
+        assert letter["attempts"] == 1
+        assert letter["error_type"] == "broker:rejected"
+        assert letter["error_message"] == "dead-lettered by the broker (rejected)"
+        assert letter["original_queue"] == queue
+        assert json.loads(letter["body"]) == {"n": 4}
+        failed_at = datetime.fromisoformat(letter["failed_at"])
+        assert before - timedelta(seconds=5) <= failed_at <= datetime.now(UTC)
+
+        table = await cli("list")
+        assert (table.code, table.stderr) == (0, "")
+        row = table.stdout.splitlines()[1]
+        assert row.split()[:4] == [message_id, m.name("job"), "1", letter["failed_at"]]
+        assert row.endswith("broker:rejected: dead-lettered by the broker (rejected)")
+
+        replayed = await cli("replay", "--all")
+        assert (replayed.code, replayed.stderr) == (0, "")
+        [again] = await get_all(amqp, queue)
+        assert again.message_id == message_id
+        assert not [k for k in again.headers or {} if k.startswith(("x-death", "x-first-death"))]
+        assert (again.headers or {})["x-replayed"] is True
+
+
+async def test_dead_letters_with_names_and_ids_that_are_not_utf_8_are_listed_and_replayed(
+    broker_url: str, prefix: str, tmp_path: Path, amqp: Any
+) -> None:
+    record = tmp_path / "handled.txt"
+
+    async def cli(*args: str) -> CliResult:
+        return await run_cli(
+            "dlq", *args, "--app", "failures_cli:app", "--queue", queue,
+            broker_url=broker_url, prefix=prefix, record=record,
+        )  # fmt: skip
+
+    async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
+        queue = m.name("jobs")
+        async with m.app:
+            pass
+        # Hand-built: a message id, a type and a header name that are not UTF-8, a
+        # header value that is not either, and an error message in bytes.
+        escaped = b"\xffid".decode("utf-8", "surrogateescape")
+        properties = WireProperties(
+            message_id=escaped,
+            message_type=b"type\xfe".decode("utf-8", "surrogateescape"),
+            headers={
+                b"name\xff".decode("utf-8", "surrogateescape"): b"\xfe\xff",
+                "x-error-type": "ValueError",
+                "x-error-message": b"bad \xff input",
+            },
+        )
+        connection = await aiormq.connect(broker_url)
+        raw = await connection.channel()
+        await raw.confirm_delivery()
+        await raw.basic_publish(
+            b"\xff not json", routing_key=dead_letter_queue_name(queue), properties=properties
+        )
+        await connection.close()
+        await eventually(lambda: dead_letters_are(amqp, queue, 1))
+
+        listed = await cli("list", "--json")
+        assert (listed.code, listed.stderr) == (0, "")
+        [letter] = json.loads(listed.stdout)
+        assert letter["message_id"] == "\\xffid"
+        assert letter["type"] == "type\\xfe"
+        assert letter["error_message"] == "bad \ufffd input"
+        table = await cli("list")
+        assert (table.code, table.stderr) == (0, "")
+        assert table.stdout.splitlines()[1].split()[:2] == ["\\xffid", "type\\xfe"]
+
+        # The id as the listing shows it is the id to replay it by.
+        replayed = await cli("replay", "--id", "\\xffid")
+        assert (replayed.code, replayed.stderr) == (0, "")
+        assert replayed.stdout.strip() == f"replayed 1 message(s) to {queue}"
+        assert await dead_letters_are(amqp, queue, 0)
+        assert await queue_depth(amqp, queue) == 1

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 
 from ..topology import QueueSpec, Topology
 
-__all__ = ["declare", "declare_queue"]
+__all__ = ["declare", "declare_apart", "declare_queue"]
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
@@ -27,6 +28,23 @@ async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> None:
     for exchange, key in spec.bindings:
         if exchange:
             await queue.bind(exchange, key, arguments=spec.binding_arguments)
+
+
+async def declare_apart(connection: aiormq.abc.AbstractConnection, spec: QueueSpec) -> None:
+    """Declare one queue and its bindings on a channel opened for it alone: the
+    broker closes the channel that asked when it refuses (the queue exists with other
+    arguments), and that must not be a channel carrying confirms or RPC replies."""
+    channel = await connection.channel()
+    try:
+        await channel.queue_declare(spec.name, durable=True, arguments=spec.arguments)
+        for exchange, key in spec.bindings:
+            if exchange:
+                await channel.queue_bind(
+                    spec.name, exchange, routing_key=key, arguments=spec.binding_arguments
+                )
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
 
 async def declare(channel: AbstractChannel, topology: Topology) -> None:

@@ -3,25 +3,46 @@ published again (retry copies, dead letters, DLQ replay).
 
 pamqp decodes a header table into plain values and encodes by Python type: a double
 comes back as a 32-bit float, a Java long as a byte, a non-UTF-8 string cannot be sent.
-`install_type_preserving_decoder` wraps the entries of pamqp's `decode.TABLE_MAPPING`,
-process-wide, because pamqp offers no per-connection hook and nothing else sees a
-header's wire type on receipt. It stays value-transparent: decoded values are int, float
-and datetime subclasses equal to what pamqp gave before, so other pamqp users see no
-difference. `encode_table` and `WireProperties` send them back with their own type.
+`install_type_preserving_decoder` wraps entries of pamqp's `decode.TABLE_MAPPING` and
+`decode.METHODS`, process-wide, because pamqp offers no per-connection hook and nothing
+else sees a header's wire type on receipt. It stays value-transparent: decoded values
+are int, float and datetime subclasses equal to what pamqp gave before, so other pamqp
+users see no difference. Where pamqp could not decode at all (a non-UTF-8 header name
+or short string, a timestamp after the year 9999), which made aiormq drop the whole
+connection, the value arrives instead: text with its bytes kept as surrogate escapes,
+or a `RawTimestamp`. `encode_table` and `WireProperties` send them all back with their
+own type and bytes.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any
 
 from pamqp import commands, common, decode, encode
 
 from ..errors import HeaderError
+from .header_types import (
+    Float32,
+    Float64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    MillisecondTimestamp,
+    RawTimestamp,
+    TypedFloat,
+    TypedInt,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+)
 
 __all__ = [
     "Float32",
@@ -31,6 +52,7 @@ __all__ = [
     "Int32",
     "Int64",
     "MillisecondTimestamp",
+    "RawTimestamp",
     "UInt8",
     "UInt16",
     "UInt32",
@@ -42,111 +64,6 @@ __all__ = [
 
 _Path = tuple[str | int, ...]
 _Decoder = Callable[..., tuple[int, common.FieldValue]]
-
-
-class _TypedInt(int):
-    amqp_type: ClassVar[str]
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({int.__repr__(self)})"
-
-    # int has no __str__ of its own: without this, str() and f-strings would use the repr.
-    __str__ = int.__repr__
-
-
-class Int8(_TypedInt):
-    """An int sent as AMQP 'b' (signed 8-bit)."""
-
-    amqp_type = "b"
-    __slots__ = ()
-
-
-class UInt8(_TypedInt):
-    """An int sent as AMQP 'B' (unsigned 8-bit)."""
-
-    amqp_type = "B"
-    __slots__ = ()
-
-
-class Int16(_TypedInt):
-    """An int sent as AMQP 's' (signed 16-bit)."""
-
-    amqp_type = "s"
-    __slots__ = ()
-
-
-class UInt16(_TypedInt):
-    """An int sent as AMQP 'u' (unsigned 16-bit)."""
-
-    amqp_type = "u"
-    __slots__ = ()
-
-
-class Int32(_TypedInt):
-    """An int sent as AMQP 'I' (signed 32-bit)."""
-
-    amqp_type = "I"
-    __slots__ = ()
-
-
-class UInt32(_TypedInt):
-    """An int sent as AMQP 'i' (unsigned 32-bit)."""
-
-    amqp_type = "i"
-    __slots__ = ()
-
-
-class Int64(_TypedInt):
-    """An int sent as AMQP 'l' (signed 64-bit)."""
-
-    amqp_type = "l"
-    __slots__ = ()
-
-
-class UInt64(_TypedInt):
-    """An int sent as AMQP 'L'; any value from -2**63 to 2**64-1, written as its 64 bits.
-
-    pamqp and RabbitMQ read 'L' as signed (RabbitMQ re-encodes it as 'l'), so a
-    received value is signed; it is kept as is so decoding stays value-transparent.
-    """
-
-    amqp_type = "L"
-    __slots__ = ()
-
-
-class _TypedFloat(float):
-    amqp_type: ClassVar[str]
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({float.__repr__(self)})"
-
-    __str__ = float.__repr__
-
-
-class Float32(_TypedFloat):
-    """A float sent as AMQP 'f' (32-bit); a plain float is sent as 'd'."""
-
-    amqp_type = "f"
-    __slots__ = ()
-
-
-class Float64(_TypedFloat):
-    """A float sent as AMQP 'd' (64-bit), as a plain float is."""
-
-    amqp_type = "d"
-    __slots__ = ()
-
-
-class MillisecondTimestamp(datetime):
-    """A datetime sent as an AMQP 'T' counting milliseconds, not seconds.
-
-    pamqp reads a 'T' above 2**32-1 as milliseconds (some clients send them); this
-    keeps such a value in milliseconds when it is sent again.
-    """
-
-    __slots__ = ()
 
 
 def _uint64(value: int) -> bytes:
@@ -167,6 +84,7 @@ _ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "L": _uint64,
     "f": encode.floating_point,
     "d": encode.double,
+    "T": common.Struct.timestamp.pack,
 }
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS_MAX = 0xFFFFFFFF  # pamqp's cut-off between seconds and milliseconds
@@ -180,7 +98,7 @@ def _milliseconds(value: datetime) -> bytes:
     return common.Struct.timestamp.pack((micros + 500) // 1000)
 
 
-def encode_table(headers: Mapping[str, Any]) -> bytes:
+def encode_table(headers: Mapping[str, Any], *, finite: bool = False) -> bytes:
     """Encode a header table (the 4-byte length and the entries, in the mapping's order).
 
     Typed values keep their code; a bool is 't', an int the smallest type pamqp picks,
@@ -189,23 +107,24 @@ def encode_table(headers: Mapping[str, Any]) -> bytes:
 
     Raises HeaderError naming the header (and where in it) for a value AMQP cannot
     carry: an int over 64 bits, an unknown type, a key that is not a str of at most
-    255 bytes.
+    255 bytes; with `finite`, also for a NaN or infinite float, which AMQP can carry
+    but RabbitMQ refuses by closing the connection.
     """
-    return _table(headers, ())
+    return _table(headers, (), finite)
 
 
-def _table(table: Mapping[Any, Any], path: _Path) -> bytes:
+def _table(table: Mapping[Any, Any], path: _Path, finite: bool) -> bytes:
     parts: list[bytes] = []
     for key, value in table.items():
         where = (*path, key if isinstance(key, str) else repr(key))
         parts.append(_key(key, where))
-        parts.append(_value(value, where))
+        parts.append(_value(value, where, finite))
     body = b"".join(parts)
     return common.Struct.integer.pack(len(body)) + body
 
 
-def _array(items: Sequence[Any], path: _Path) -> bytes:
-    body = b"".join(_value(item, (*path, i)) for i, item in enumerate(items))
+def _array(items: Sequence[Any], path: _Path, finite: bool) -> bytes:
+    body = b"".join(_value(item, (*path, i), finite) for i, item in enumerate(items))
     return common.Struct.integer.pack(len(body)) + body
 
 
@@ -213,26 +132,44 @@ def _key(key: object, path: _Path) -> bytes:
     if not isinstance(key, str):
         raise _error(path, f"a key must be a str, not {type(key).__name__}")
     try:
-        return encode.short_string(key)
+        raw = _text_bytes(key)
     except UnicodeEncodeError as exc:
         raise _error(path, "a key that is not valid UTF-8") from exc
-    except TypeError as exc:
-        size = len(key.encode())
-        raise _error(path, f"a key of {size} bytes is over AMQP's 255") from exc
+    if len(raw) > 255:
+        raise _error(path, f"a key of {len(raw)} bytes is over AMQP's 255")
+    return encode.octet(len(raw)) + raw
 
 
-def _value(value: Any, path: _Path) -> bytes:
+def _text_bytes(text: str) -> bytes:
+    """UTF-8, or the original bytes of text decoded with surrogate escapes."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape")
+
+
+def _short_string(text: str) -> bytes:
+    raw = _text_bytes(text)
+    if len(raw) > 255:
+        raise TypeError(f"a short string of {len(raw)} bytes is over AMQP's 255")
+    return encode.octet(len(raw)) + raw
+
+
+def _value(value: Any, path: _Path, finite: bool) -> bytes:
+    if finite and isinstance(value, float) and not math.isfinite(value):
+        raise _error(path, "a NaN or infinite float, which RabbitMQ refuses")
     try:
         if isinstance(value, bool):
             return b"t" + encode.boolean(value)
-        if isinstance(value, _TypedInt | _TypedFloat):
+        if isinstance(value, TypedInt | TypedFloat):
             return value.amqp_type.encode() + _ENCODERS[value.amqp_type](value)
         if isinstance(value, int):
             return encode.table_integer(value)
         if isinstance(value, float):
             return b"d" + encode.double(value)
         if isinstance(value, str):
-            return b"S" + encode.long_string(value)
+            raw = _text_bytes(value)
+            return b"S" + common.Struct.integer.pack(len(raw)) + raw
         if isinstance(value, bytes):
             return b"S" + common.Struct.integer.pack(len(value)) + value
         if isinstance(value, bytearray):
@@ -248,16 +185,16 @@ def _value(value: Any, path: _Path) -> bytes:
     except (TypeError, ValueError, OverflowError, struct.error) as exc:
         raise _error(path, _out_of_range(value, exc)) from exc
     if isinstance(value, Mapping):
-        return b"F" + _table(value, path)
+        return b"F" + _table(value, path, finite)
     if isinstance(value, list | tuple):
-        return b"A" + _array(value, path)
+        return b"A" + _array(value, path, finite)
     raise _error(path, f"AMQP has no type for a {type(value).__name__}")
 
 
 def _out_of_range(value: object, exc: Exception) -> str:
     # Says why without quoting the value: headers can hold secrets.
     kind = type(value).__name__
-    if isinstance(value, _TypedInt | _TypedFloat):
+    if isinstance(value, TypedInt | TypedFloat):
         return f"a {kind} out of range for AMQP type {value.amqp_type!r}: {exc}"
     if isinstance(value, int):
         return f"an int of {value.bit_length()} bits does not fit in AMQP's 64-bit integers"
@@ -273,20 +210,34 @@ def _error(path: _Path, why: str) -> HeaderError:
 
 
 class _TypedDecoder:
-    """One `decode.TABLE_MAPPING` entry, wrapped to give its value a typed class."""
+    """One pamqp decoder, wrapped to give its value a typed class, and to decode what
+    pamqp cannot (`rescue`) instead of failing the whole frame."""
 
-    __slots__ = ("convert", "inner")
+    __slots__ = ("convert", "inner", "rescue")
 
-    def __init__(self, inner: _Decoder, convert: Callable[[Any, bytes], Any]) -> None:
+    def __init__(
+        self,
+        inner: _Decoder,
+        convert: Callable[[Any, bytes], Any] | None,
+        rescue: _Decoder | None = None,
+    ) -> None:
         self.inner = inner
         self.convert = convert
+        self.rescue = rescue
 
     def __call__(self, data: bytes) -> tuple[int, common.FieldValue]:
-        consumed, value = self.inner(data)
+        try:
+            consumed, value = self.inner(data)
+        except (ValueError, OverflowError, OSError):
+            if self.rescue is None:
+                raise
+            return self.rescue(data)
+        if self.convert is None:
+            return consumed, value
         return consumed, self.convert(value, data)
 
 
-def _as(cls: type[_TypedInt | _TypedFloat]) -> Callable[[Any, bytes], Any]:
+def _as(cls: type[TypedInt | TypedFloat]) -> Callable[[Any, bytes], Any]:
     return lambda value, _data: cls(value)
 
 
@@ -296,36 +247,102 @@ def _as_timestamp(value: datetime, data: bytes) -> datetime:
     return MillisecondTimestamp.combine(value.date(), value.timetz())
 
 
+def _raw_timestamp(data: bytes) -> tuple[int, common.FieldValue]:
+    # pamqp's datetime ends at the year 9999; the broker passes on any 64 bits.
+    try:
+        (count,) = common.Struct.timestamp.unpack_from(data)
+    except struct.error as exc:
+        raise ValueError("could not unpack timestamp value") from exc
+    return 8, RawTimestamp(count)
+
+
+def _escaped_short_string(data: bytes) -> tuple[int, common.FieldValue]:
+    length = data[0] if data else 0
+    if length + 1 > len(data):
+        raise ValueError("could not unpack short string value")
+    return length + 1, data[1 : length + 1].decode("utf-8", "surrogateescape")
+
+
+def _escaped_table(data: bytes) -> tuple[int, common.FieldValue]:
+    """pamqp's field table, with names that are not UTF-8 kept as surrogate escapes."""
+    try:
+        (length,) = common.Struct.integer.unpack_from(data)
+    except struct.error as exc:
+        raise ValueError("could not unpack field table") from exc
+    end = 4 + length
+    if end > len(data):
+        raise ValueError("field table length exceeds available data")
+    table: dict[str, common.FieldValue] = {}
+    offset = 4
+    while offset < end:
+        consumed, key = _escaped_short_string(data[offset:end])
+        offset += consumed
+        consumed, value = decode.embedded_value(data[offset:end])
+        offset += consumed
+        table[str(key)] = value
+    return end, table
+
+
 _CONVERTERS: dict[bytes, Callable[[Any, bytes], Any]] = {
-    **{
-        cls.amqp_type.encode(): _as(cls)
-        for cls in (Int8, UInt8, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float32, Float64)
-    },
-    b"T": _as_timestamp,
+    cls.amqp_type.encode(): _as(cls)
+    for cls in (Int8, UInt8, Int16, UInt16, Int32, UInt32, Int64, UInt64, Float32, Float64)
+}
+_TIMESTAMP = (_as_timestamp, _raw_timestamp)
+_TABLE = (None, _escaped_table)
+_Rescue = tuple[Callable[[Any, bytes], Any] | None, _Decoder]
+_RESCUED: dict[bytes, _Rescue] = {
+    b"T": _TIMESTAMP,
+    b"F": _TABLE,
+}
+# Properties and method fields, decoded by type name rather than type code.
+_RESCUED_BY_NAME: dict[str, _Rescue] = {
+    "timestamp": _TIMESTAMP,
+    "table": _TABLE,
+    "shortstr": (None, _escaped_short_string),
 }
 
 
 def install_type_preserving_decoder() -> None:
     """Make pamqp decode header numbers (and millisecond timestamps) into the typed
-    classes above, process-wide. Idempotent; the decoded values are equal to before."""
+    classes above, and decode what it used to fail on, process-wide. Idempotent; the
+    decoded values are equal to before."""
     for code, convert in _CONVERTERS.items():
-        inner = decode.TABLE_MAPPING[code]
-        if not isinstance(inner, _TypedDecoder):
-            decode.TABLE_MAPPING[code] = _TypedDecoder(inner, convert)
+        _wrap(decode.TABLE_MAPPING, code, (convert, None))
+    for code, rescued in _RESCUED.items():
+        _wrap(decode.TABLE_MAPPING, code, rescued)
+    for name, rescued in _RESCUED_BY_NAME.items():
+        _wrap(decode.METHODS, name, rescued)
+
+
+def _wrap(
+    table: dict[Any, _Decoder],
+    key: Any,
+    how: tuple[Callable[[Any, bytes], Any] | None, _Decoder | None],
+) -> None:
+    inner = table[key]
+    if not isinstance(inner, _TypedDecoder):
+        table[key] = _TypedDecoder(inner, *how)
 
 
 class WireProperties(commands.Basic.Properties):
     """`Basic.Properties` whose headers are encoded by `encode_table`, so each value
     goes out with its own type; aiormq's `basic_publish(properties=...)` sends them.
 
-    Marshalling raises HeaderError for a header AMQP cannot carry.
+    Marshalling raises HeaderError for a header AMQP cannot carry, or RabbitMQ
+    refuses (a NaN or infinite float: the broker would close the connection).
     """
 
     # No __slots__ here: pamqp marshals the properties listed in the class's __slots__.
 
     def encode_property(self, name: str, value: common.FieldValue) -> bytes:
         if name == "headers" and isinstance(value, Mapping):
-            return encode_table(value)
+            return encode_table(value, finite=True)
+        if name == "timestamp" and isinstance(value, MillisecondTimestamp):
+            return _milliseconds(value)
+        if name == "timestamp" and isinstance(value, RawTimestamp):
+            return common.Struct.timestamp.pack(value)
+        if isinstance(value, str) and self.amqp_type(name) == "shortstr":
+            return _short_string(value)  # text decoded with surrogate escapes, too
         return super().encode_property(name, value)
 
     @classmethod

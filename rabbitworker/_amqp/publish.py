@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from ..errors import ConnectionFailed, NotConfirmed, RabbitWorkerError
 from ..topology import REDECLARE_S, QueueSpec
 from ..wire import DIRECT_REPLY_TO, Properties
-from .declare import declare_queue
+from .declare import declare_apart
 from .errors import Op, translate
 from .properties import to_amqp
 
@@ -202,7 +202,9 @@ class ConfirmedChannel:
             try:
                 # A robust channel waits for a reconnect without limit; we do not.
                 async with asyncio.timeout(self.timeout):
-                    await declare_queue(self.channel, spec)
+                    await self.channel.ready()
+                    underlay = await self.channel.get_underlay_channel()
+                    await declare_apart(underlay.connection, spec)
             except Exception as exc:
                 error = translate(exc, Op.SETUP, f"declare {spec.name}")
                 if error is None:

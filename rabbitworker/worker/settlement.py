@@ -55,15 +55,36 @@ HAND_BACK_PAUSE_S = 1.0
 
 class FollowUpRefused(Exception):
     """A follow-up publish the broker refused for good; becomes the dead letter's
-    reason (its `x-error-type` is the refusal's own type)."""
+    reason (its `x-error-type` is the refusal's own type). `left_out` names the
+    headers the dead letter goes without, because AMQP cannot carry their values."""
 
-    def __init__(self, what: str, error: BaseException, original: BaseException | None) -> None:
+    def __init__(
+        self,
+        what: str,
+        error: BaseException,
+        original: BaseException | None,
+        *,
+        left_out: tuple[str, ...] = (),
+    ) -> None:
         self.what = what
         self.error = error
         self.original = original
+        self.left_out = left_out
         self.wire_error_type = error_type(error)
-        cause = f"; the handler had failed with {_describe(original)}" if original else ""
-        super().__init__(f"{what} was refused: {_describe(error)}{cause}")
+        text = f"{what} was refused: {_describe(error)}"
+        if left_out:
+            names = ", ".join(repr(name) for name in left_out)
+            plural = "s" if len(left_out) > 1 else ""
+            text += f"; the dead letter goes without header{plural} {names}"
+        if original is not None:
+            text += f"; the handler had failed with {_describe(original)}"
+        super().__init__(text)
+
+    def leaving_out(self, header: str) -> FollowUpRefused:
+        """The same refusal, with `header` left out of the dead letter too."""
+        return FollowUpRefused(
+            self.what, self.error, self.original, left_out=(*self.left_out, header)
+        )
 
 
 def _describe(error: BaseException) -> str:
@@ -112,16 +133,11 @@ class Settlement:
         except Exception as exc:
             if is_transient(exc):
                 return await self._hand_back(delivery, queue, exc)
-            if outcome.kind == "dead_letter":
-                if not await self._dead_letter_anyway(delivery, queue, outcome, exc):
-                    return await self._hand_back(delivery, queue, exc)
-            else:
-                what = "the retry copy" if outcome.kind == "retry" else "the reply"
-                outcome = Outcome.dead_letter(FollowUpRefused(what, exc, outcome.error))
-                try:
-                    await self._follow_up(delivery, queue, outcome, None)
-                except Exception as again:
-                    return await self._hand_back(delivery, queue, again)
+            # Refused for good: trying again would fail the same way.
+            refused = await self._dead_letter_refused(delivery, queue, outcome, exc)
+            if refused is None:
+                return await self._hand_back(delivery, queue, exc)
+            outcome = refused
         try:
             await delivery.ack()
         except Exception as exc:
@@ -220,6 +236,14 @@ class Settlement:
             set_headers=error_headers(error, queue=queue, attempt=attempt_of(delivery.headers)),
             drop_headers=drop_headers,
         )
+        # As the broker does when it dead-letters: a per-message TTL would make the
+        # dead letter expire in the dead-letter queue, which has nowhere to send it.
+        properties.expiration = None
+        # Not refused for its size: the broker already holds it, and refusing would
+        # leave it looping in its queue.
+        await self.transport.send(
+            dead_letter_exchange_name(self.exchange), queue, delivery.body, properties
+        )
         if not isinstance(error, DecodeError | MessageTooLarge):
             log.error(
                 "message %s on %s dead-lettered after attempt %d: %s",
@@ -228,27 +252,34 @@ class Settlement:
                 attempt_of(delivery.headers),
                 _describe(error),
             )
-        # Not refused for its size: the broker already holds it, and refusing would
-        # leave it looping in its queue.
-        await self.transport.send(
-            dead_letter_exchange_name(self.exchange), queue, delivery.body, properties
-        )
 
-    async def _dead_letter_anyway(
+    async def _dead_letter_refused(
         self, delivery: Delivery, queue: str, outcome: Outcome, error: BaseException
-    ) -> bool:
-        """The dead letter itself was refused for good. A header the broker's copy
-        cannot carry is left out (and named in the reason); otherwise there is nothing
-        to drop, and the caller hands the delivery back. True when it was sent."""
-        if not isinstance(error, HeaderError):
-            return False
-        header = error.header
-        reason = FollowUpRefused(f"header {header!r}", error, outcome.error)
-        try:
-            await self.dead_letter(delivery, queue, reason, drop_headers=(header,))
-        except Exception as again:
-            log.error(
-                "message %s on %s: dead letter refused: %s", delivery.message_id, queue, again
-            )
-            return False
-        return True
+    ) -> Outcome | None:
+        """Dead-letter a delivery whose follow-up the broker refused for good, with the
+        refusal as the reason. A header AMQP cannot carry is left out of the dead
+        letter (and named in its reason). Returns the outcome carried out, or None
+        when the dead letter could not be sent either."""
+        what = {"ack": "the reply", "retry": "the retry copy"}.get(outcome.kind, "the dead letter")
+        reason = FollowUpRefused(what, error, outcome.error)
+        if delivery.properties.reply_to and outcome.kind != "dead_letter":
+            with contextlib.suppress(Exception):
+                # The caller is told now rather than never; it may have gone away.
+                await self.reply(delivery, error_reply_body(reason), "error")
+        while True:
+            try:
+                await self.dead_letter(delivery, queue, reason, drop_headers=reason.left_out)
+            except HeaderError as exc:
+                if exc.header in reason.left_out:
+                    return None  # not a header of the delivery's: nothing left to drop
+                reason = reason.leaving_out(exc.header)
+            except Exception as again:
+                log.error(
+                    "message %s on %s: the dead letter was refused too: %s",
+                    delivery.message_id,
+                    queue,
+                    again,
+                )
+                return None
+            else:
+                return Outcome.dead_letter(reason)
