@@ -155,35 +155,36 @@ def _short_string(text: str) -> bytes:
     return encode.octet(len(raw)) + raw
 
 
+def _long_string(raw: bytes) -> bytes:
+    return b"S" + common.Struct.integer.pack(len(raw)) + raw
+
+
+# The AMQP type of each Python type; the first match wins (bool before int, the
+# typed values before plain int and float, a millisecond timestamp before datetime).
+_SCALARS: tuple[tuple[Any, Callable[[Any], bytes]], ...] = (
+    (bool, lambda v: b"t" + encode.boolean(v)),
+    (TypedInt | TypedFloat, lambda v: v.amqp_type.encode() + _ENCODERS[v.amqp_type](v)),
+    (int, encode.table_integer),
+    (float, lambda v: b"d" + encode.double(v)),
+    (str, lambda v: _long_string(_text_bytes(v))),
+    (bytes, _long_string),
+    (bytearray, lambda v: b"x" + encode.byte_array(v)),
+    (type(None), lambda v: b"V"),
+    (Decimal, lambda v: b"D" + encode.decimal(v)),
+    (MillisecondTimestamp, lambda v: b"T" + _milliseconds(v)),
+    (datetime | time.struct_time, lambda v: b"T" + encode.timestamp(v)),
+)
+
+
 def _value(value: Any, path: _Path, finite: bool) -> bytes:
     if finite and isinstance(value, float) and not math.isfinite(value):
         raise _error(path, "a NaN or infinite float, which RabbitMQ refuses")
-    try:
-        if isinstance(value, bool):
-            return b"t" + encode.boolean(value)
-        if isinstance(value, TypedInt | TypedFloat):
-            return value.amqp_type.encode() + _ENCODERS[value.amqp_type](value)
-        if isinstance(value, int):
-            return encode.table_integer(value)
-        if isinstance(value, float):
-            return b"d" + encode.double(value)
-        if isinstance(value, str):
-            raw = _text_bytes(value)
-            return b"S" + common.Struct.integer.pack(len(raw)) + raw
-        if isinstance(value, bytes):
-            return b"S" + common.Struct.integer.pack(len(value)) + value
-        if isinstance(value, bytearray):
-            return b"x" + encode.byte_array(value)
-        if value is None:
-            return b"V"
-        if isinstance(value, Decimal):
-            return b"D" + encode.decimal(value)
-        if isinstance(value, MillisecondTimestamp):
-            return b"T" + _milliseconds(value)
-        if isinstance(value, datetime | time.struct_time):
-            return b"T" + encode.timestamp(value)
-    except (TypeError, ValueError, OverflowError, struct.error) as exc:
-        raise _error(path, _out_of_range(value, exc)) from exc
+    for kind, encoder in _SCALARS:
+        if isinstance(value, kind):
+            try:
+                return encoder(value)
+            except (TypeError, ValueError, OverflowError, struct.error) as exc:
+                raise _error(path, _out_of_range(value, exc)) from exc
     if isinstance(value, Mapping):
         return b"F" + _table(value, path, finite)
     if isinstance(value, list | tuple):
