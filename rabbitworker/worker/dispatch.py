@@ -1,6 +1,7 @@
-"""Each delivery's way through a worker: a concurrency slot, then processing and
-settlement (alone, for a crash suspect), or straight back to the broker when the
-worker is stopping or a redelivery cannot be accounted for."""
+"""Each delivery's way through a worker: a concurrency slot and the gate, then
+processing and settlement (alone, for a crash suspect), or straight back to the
+broker when the worker is stopping, or to the suspect queue when a redelivery cannot
+be accounted for."""
 
 from __future__ import annotations
 
@@ -69,12 +70,18 @@ class Dispatcher:
         if self.stopping.is_set():
             await self.hand_back(delivery, queue)
             return
-        if not self.suspects.accounted_for(delivery):
+        if delivery.redelivered and not self.suspects.accounted_for(delivery):
             await self._guarded(self.suspects.move(delivery, queue), delivery, queue)
             return
         async with self._holding(delivery, queue) as held:
+            limit, gate = self._limit, self.gate
             try:
-                await self._limit.acquire()
+                await limit.acquire()
+                try:
+                    await gate.enter_shared()
+                except BaseException:
+                    limit.release()
+                    raise
             except asyncio.CancelledError:
                 if not self.stopping.is_set():
                     raise
@@ -85,14 +92,14 @@ class Dispatcher:
                 # A slot that frees up during the drain must not start new work.
                 if self.stopping.is_set():
                     await self.hand_back(delivery, queue)
-                    return
-                async with self.gate.shared():
+                else:
                     await self._handle_or_hand_back(held)
             finally:
-                self._limit.release()
+                gate.leave_shared()
+                limit.release()
 
     async def on_suspect(self, queue: str, delivery: Delivery) -> None:
-        """A delivery from a work queue's suspect queue: it runs alone."""
+        """A suspect of a work queue, taken while the gate lets it run alone."""
         if self.stopping.is_set():
             await self.hand_back(delivery, queue)
             return
@@ -100,17 +107,7 @@ class Dispatcher:
             await self._guarded(self.suspects.crashed(delivery, queue), delivery, queue)
             return
         async with self._holding(delivery, queue) as held:
-            try:
-                async with self.gate.alone():
-                    if self.stopping.is_set():
-                        await self.hand_back(delivery, queue)
-                        return
-                    await self._handle_or_hand_back(held)
-            except asyncio.CancelledError:
-                if not self.stopping.is_set() or held.started:
-                    raise
-                _uncancel()
-                await self.hand_back(delivery, queue)
+            await self._handle_or_hand_back(held)
 
     @contextlib.asynccontextmanager
     async def _holding(self, delivery: Delivery, queue: str) -> Any:
@@ -180,6 +177,10 @@ class Dispatcher:
         """Log what a lost consuming channel means for the messages held on it."""
         held = [h for h in self.held.values() if h.delivery.channel is not None]
         on_it = [h for h in held if _channel_closed(h.delivery)]
+        for h in on_it:
+            # Known now, not when its handler ends: the broker may deliver it again
+            # (on the restored channel) while that handler still runs.
+            self.suspects.returned(h.delivery)
         running = [h.delivery.message_id for h in on_it if h.started]
         if by_broker:
             log.warning(

@@ -1,4 +1,4 @@
-"""The worker's life: start (connect, consume each queue and its suspect queue),
+"""The worker's life: start (connect, consume each queue, take its suspects),
 run until stopped, then drain (stop consuming, let running handlers finish within
 the grace period, hand the rest back) and close."""
 
@@ -14,12 +14,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from ..topology import suspect_queue_name
 from ..transport import Consumer
 from .dispatch import Dispatcher
 from .processing import Processor
 from .settlement import Settlement
-from .suspects import Suspects
+from .suspects import SuspectIntake, Suspects
 from .threads import SyncThreads
 from .watchdog import LoopWatchdog, innermost_of
 
@@ -71,6 +70,7 @@ class Worker:
         self.prefetch = prefetch or settings.prefetch
         self.grace = settings.grace if grace is None else grace
         self._consumers: list[Consumer] = []
+        self._intakes: dict[str, SuspectIntake] = {}
         self._threads: SyncThreads | None = None
         self._dispatch: Dispatcher | None = None
         self._watchdog: LoopWatchdog | None = None
@@ -111,6 +111,7 @@ class Worker:
         self._dispatch = Dispatcher(
             session.transport, processor, settlement, suspects, concurrency=self.concurrency
         )
+        suspects.on_moved = self._suspects_moved
         for middleware in app.middleware:
             await middleware.on_worker_start()
         for name in self.queues:
@@ -143,15 +144,16 @@ class Worker:
                 on_closed=on_closed,
             )
         )
-        # One at a time: a suspect runs alone, so only it is unacked if it kills us.
-        self._consumers.append(
-            await transport.consume(
-                suspect_queue_name(queue),
-                functools.partial(dispatch.on_suspect, queue),
-                prefetch=1,
-                on_closed=on_closed,
-            )
+        intake = SuspectIntake(
+            transport, queue, dispatch.gate, functools.partial(dispatch.on_suspect, queue)
         )
+        self._intakes[queue] = intake
+        intake.start()
+
+    def _suspects_moved(self, queue: str) -> None:
+        intake = self._intakes.get(queue)
+        if intake is not None:
+            intake.wake()
 
     def _channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
         if self._dispatch is not None and not self._stopping.is_set():
@@ -270,8 +272,11 @@ class Worker:
                 await asyncio.wait_for(consumer.cancel(), CANCEL_TIMEOUT_S)
         started = bool(self._consumers)
         self._consumers.clear()
+        # A suspect being handled is waited for like a running handler.
+        taking = {t for t in (i.stop() for i in self._intakes.values()) if t is not None}
+        self._intakes.clear()
         if dispatch is not None:
-            await self._drain(dispatch)
+            await self._drain(dispatch, taking)
         if self._watchdog is not None:
             self._watchdog.stop()
         close_timeout = FORCED_CLOSE_TIMEOUT_S if self.forced else CLOSE_TIMEOUT_S
@@ -293,7 +298,7 @@ class Worker:
         if not started:
             return
 
-    async def _drain(self, dispatch: Dispatcher) -> None:
+    async def _drain(self, dispatch: Dispatcher, taking: set[asyncio.Task[None]]) -> None:
         dispatch.consumers_cancelled.set()
         # Deliveries still waiting for a slot never start: they go back at once.
         for task in dispatch.waiting:
@@ -303,7 +308,7 @@ class Worker:
             log.info(
                 "draining: waiting up to %g s for %d running handler(s)", self.grace, len(running)
             )
-        unfinished = await self._wait(set(dispatch.held), self.grace)
+        unfinished = await self._wait(set(dispatch.held) | taking, self.grace)
         interrupted = [running[t] for t in unfinished if t in running]
         for task in unfinished:
             task.cancel()
