@@ -72,7 +72,7 @@ KILLERS = 6
 
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
-async def test_messages_whose_worker_was_killed_before_their_ack_run_again_and_are_never_dead_lettered(
+async def test_a_message_whose_worker_died_before_its_ack_runs_again_but_is_never_dead_lettered(
     queue_type: str,
     app_module: Any,
     worker_process: Any,

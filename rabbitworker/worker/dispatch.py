@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ class Dispatcher:
         suspects: Suspects,
         *,
         concurrency: int,
+        prefetch: int,
     ) -> None:
         self.transport = transport
         self.processor = processor
@@ -55,6 +57,11 @@ class Dispatcher:
         self.consumers_cancelled = asyncio.Event()
         self.handled = 0
         self.handed_back = 0
+        # The last `prefetch` messages settled from each work queue: when its channel
+        # is lost, their acks may have been lost with it (the broker holds at most
+        # `prefetch` unacked), and their redelivery is no crash either.
+        self._prefetch = prefetch
+        self._settled: dict[str, deque[str]] = {}
 
     @property
     def waiting(self) -> list[asyncio.Task[Any]]:
@@ -73,30 +80,53 @@ class Dispatcher:
         if delivery.redelivered and not self.suspects.accounted_for(delivery):
             await self._guarded(self.suspects.move(delivery, queue), delivery, queue)
             return
-        async with self._holding(delivery, queue) as held:
-            limit, gate = self._limit, self.gate
+        task = asyncio.current_task()
+        assert task is not None
+        held = self.held[task] = Held(delivery, queue)
+        try:
+            await self._run_shared(held)
+        except asyncio.CancelledError:
+            self._cancelled(delivery)
+            raise
+        finally:
+            del self.held[task]
+
+    async def _run_shared(self, held: Held) -> None:
+        delivery, queue = held.delivery, held.queue
+        limit, gate = self._limit, self.gate
+        try:
+            await limit.acquire()
             try:
-                await limit.acquire()
-                try:
-                    await gate.enter_shared()
-                except BaseException:
-                    limit.release()
-                    raise
-            except asyncio.CancelledError:
-                if not self.stopping.is_set():
-                    raise
-                _uncancel()
-                await self.hand_back(delivery, queue)  # cancelled by the drain
-                return
-            try:
-                # A slot that frees up during the drain must not start new work.
-                if self.stopping.is_set():
-                    await self.hand_back(delivery, queue)
-                else:
-                    await self._handle_or_hand_back(held)
-            finally:
-                gate.leave_shared()
+                await gate.enter_shared()
+            except BaseException:
                 limit.release()
+                raise
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            _uncancel()
+            await self.hand_back(delivery, queue)  # cancelled by the drain
+            return
+        try:
+            # A slot that frees up during the drain must not start new work.
+            if self.stopping.is_set():
+                await self.hand_back(delivery, queue)
+            else:
+                await self._handle_or_hand_back(held)
+                self._remember_settled(delivery, queue)
+        finally:
+            gate.leave_shared()
+            limit.release()
+
+    def _remember_settled(self, delivery: Delivery, queue: str) -> None:
+        if _channel_closed(delivery):
+            # Lost already (its ack too, maybe): the channel's close was reported.
+            self.suspects.returned(delivery)
+            return
+        settled = self._settled.get(queue)
+        if settled is None:
+            settled = self._settled[queue] = deque(maxlen=self._prefetch)
+        settled.append(delivery.message_id)
 
     async def on_suspect(self, queue: str, delivery: Delivery) -> None:
         """A suspect of a work queue, taken while the gate lets it run alone."""
@@ -106,22 +136,22 @@ class Dispatcher:
         if not self.suspects.accounted_for(delivery):
             await self._guarded(self.suspects.crashed(delivery, queue), delivery, queue)
             return
-        async with self._holding(delivery, queue) as held:
-            await self._handle_or_hand_back(held)
-
-    @contextlib.asynccontextmanager
-    async def _holding(self, delivery: Delivery, queue: str) -> Any:
         task = asyncio.current_task()
         assert task is not None
         held = self.held[task] = Held(delivery, queue)
         try:
-            yield held
+            await self._handle_or_hand_back(held)
+        except asyncio.CancelledError:
+            self._cancelled(delivery)
+            raise
         finally:
             del self.held[task]
-            if _channel_closed(delivery):
-                # Its channel closed under it: the broker delivers it again, and that
-                # redelivery is not a crash.
-                self.suspects.returned(delivery)
+
+    def _cancelled(self, delivery: Delivery) -> None:
+        # Cancelled and not handed back: aiormq cancels the deliveries of a channel it
+        # closes (often before that channel reads as closed). The broker delivers the
+        # message again, and that redelivery is not a crash.
+        self.suspects.returned(delivery)
 
     async def _handle_or_hand_back(self, held: Held) -> None:
         try:
@@ -181,6 +211,8 @@ class Dispatcher:
             # Known now, not when its handler ends: the broker may deliver it again
             # (on the restored channel) while that handler still runs.
             self.suspects.returned(h.delivery)
+        for message_id in self._settled.pop(queue, ()):
+            self.suspects.returned_id(message_id)
         running = [h.delivery.message_id for h in on_it if h.started]
         if by_broker:
             log.warning(

@@ -109,7 +109,12 @@ class Worker:
         suspects = Suspects(session.transport, settlement, delivery_limit=s.delivery_limit)
         settlement.returned = suspects.returned
         self._dispatch = Dispatcher(
-            session.transport, processor, settlement, suspects, concurrency=self.concurrency
+            session.transport,
+            processor,
+            settlement,
+            suspects,
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
         )
         suspects.on_moved = self._suspects_moved
         for middleware in app.middleware:
@@ -252,6 +257,11 @@ class Worker:
     @property
     def handled(self) -> int:
         return self._dispatch.handled if self._dispatch else 0
+
+    @property
+    def suspects_moved(self) -> int:
+        """Redeliveries this worker could not account for and moved to a suspect queue."""
+        return self._dispatch.suspects.moved if self._dispatch else 0
 
     @property
     def consuming(self) -> bool:

@@ -108,7 +108,11 @@ class Suspects:
     def returned(self, delivery: Delivery) -> None:
         """`delivery` went back to the broker for a known reason (its channel closed,
         or the worker handed it back): its redelivery is not a crash."""
-        self._held_at_loss[delivery.message_id] = None
+        self.returned_id(delivery.message_id)
+
+    def returned_id(self, message_id: str) -> None:
+        """`returned` for a message known by its id."""
+        self._held_at_loss[message_id] = None
         while len(self._held_at_loss) > MAX_REMEMBERED:
             self._held_at_loss.popitem(last=False)
 

@@ -37,16 +37,13 @@ class KillBeforeAck(Middleware):
     killer message whose handler just finished here."""
 
     async def on_worker_start(self) -> None:
-        acks: Any = getattr(app.session.transport, "acks")
+        transport: Any = app.session.transport
+        acks = transport.acks
         ack = acks.ack
 
         async def ack_or_die(delivery: Delivery) -> None:
             message_id = delivery.message_id
-            if (
-                delivery.queue == QUEUE
-                and message_id in finished
-                and not killed_before(message_id)
-            ):
+            if delivery.queue == QUEUE and message_id in finished and not killed_before(message_id):
                 record("killed", message_id, os.getpid())
                 os.kill(os.getpid(), signal.SIGKILL)
             await ack(delivery)
