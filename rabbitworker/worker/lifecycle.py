@@ -76,6 +76,7 @@ class Worker:
         self._watchdog: LoopWatchdog | None = None
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
+        self._drained = False
         self.exhausted = False
 
     # -- starting -----------------------------------------------------------
@@ -174,17 +175,15 @@ class Worker:
         return f"{what} at {where}"
 
     def _on_threads_exhausted(self) -> None:
+        if self.exhausted:
+            return
         log.error(
             "%d sync handler threads are stuck past their timeout; stopping the worker so "
             "that its process can be restarted (max_abandoned_threads)",
             self.app.settings.max_abandoned_threads,
         )
         self.exhausted = True
-        loop = self._watchdog.loop if self._watchdog else None
-        if loop is not None:
-            loop.call_soon_threadsafe(self._stopping.set)
-        else:
-            self._stopping.set()
+        self._stopping.set()  # called on the loop, by the handler that timed out
 
     # -- running ------------------------------------------------------------
 
@@ -251,8 +250,17 @@ class Worker:
 
     @property
     def abandoned_threads(self) -> int:
-        """Sync handlers still running in threads abandoned by a timeout or the drain."""
-        return self._threads.busy if self._threads is not None else 0
+        """Sync handlers still running in abandoned threads: past their timeout and,
+        once the worker stopped, any still running (their messages went back)."""
+        threads = self._threads
+        if threads is None:
+            return 0
+        return threads.busy if self._drained else threads.abandoned
+
+    @property
+    def abandoned_threads_total(self) -> int:
+        """Sync handler threads abandoned by a timeout since the worker started."""
+        return self._threads.abandoned_total if self._threads is not None else 0
 
     @property
     def handled(self) -> int:
@@ -287,6 +295,7 @@ class Worker:
         self._intakes.clear()
         if dispatch is not None:
             await self._drain(dispatch, taking)
+        self._drained = True
         if self._watchdog is not None:
             self._watchdog.stop()
         close_timeout = FORCED_CLOSE_TIMEOUT_S if self.forced else CLOSE_TIMEOUT_S
@@ -300,8 +309,8 @@ class Worker:
         if self._threads is not None:
             if self._threads.busy:
                 log.warning(
-                    "%d sync handler(s) still running in threads; their messages went back "
-                    "to the broker and whatever they return is dropped",
+                    "%d sync handler(s) still running in threads; whatever they return is "
+                    "dropped (their messages were settled or went back to the broker)",
                     self._threads.busy,
                 )
             self._threads.shutdown()
