@@ -62,6 +62,8 @@ class Dispatcher:
         # `prefetch` unacked), and their redelivery is no crash either.
         self._prefetch = prefetch
         self._settled: dict[str, deque[str]] = {}
+        # Deliveries cancelled with their work queue's channel, until it is reported.
+        self._lost: dict[str, list[Held]] = {}
 
     @property
     def waiting(self) -> list[asyncio.Task[Any]]:
@@ -86,7 +88,7 @@ class Dispatcher:
         try:
             await self._run_shared(held)
         except asyncio.CancelledError:
-            self._cancelled(delivery)
+            self._cancelled(held)
             raise
         finally:
             del self.held[task]
@@ -142,16 +144,19 @@ class Dispatcher:
         try:
             await self._handle_or_hand_back(held)
         except asyncio.CancelledError:
-            self._cancelled(delivery)
+            self._cancelled(held)
             raise
         finally:
             del self.held[task]
 
-    def _cancelled(self, delivery: Delivery) -> None:
+    def _cancelled(self, held: Held) -> None:
         # Cancelled and not handed back: aiormq cancels the deliveries of a channel it
-        # closes (often before that channel reads as closed). The broker delivers the
-        # message again, and that redelivery is not a crash.
+        # closes, usually before the channel's close is reported. The broker delivers
+        # the message again, and that redelivery is not a crash.
+        delivery = held.delivery
         self.suspects.returned(delivery)
+        if delivery.queue == held.queue and _channel_closed(delivery):
+            self._lost.setdefault(held.queue, []).append(held)  # for channel_closed
 
     async def _handle_or_hand_back(self, held: Held) -> None:
         try:
@@ -205,12 +210,16 @@ class Dispatcher:
 
     def channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
         """Log what a lost consuming channel means for the messages held on it."""
-        held = [h for h in self.held.values() if h.delivery.channel is not None]
-        on_it = [h for h in held if _channel_closed(h.delivery)]
+        on_it = [
+            h
+            for h in self.held.values()
+            if h.delivery.queue == queue and _channel_closed(h.delivery)
+        ]
         for h in on_it:
             # Known now, not when its handler ends: the broker may deliver it again
             # (on the restored channel) while that handler still runs.
             self.suspects.returned(h.delivery)
+        on_it += self._lost.pop(queue, ())
         for message_id in self._settled.pop(queue, ()):
             self.suspects.returned_id(message_id)
         running = [h.delivery.message_id for h in on_it if h.started]
@@ -224,7 +233,8 @@ class Dispatcher:
                 len(on_it),
             )
         elif on_it:
-            log.warning(
+            # The connection's loss is the WARNING, reported once for all channels.
+            log.info(
                 "lost the channel consuming %s (%s): %d running handler(s) interrupted, "
                 "%d waiting message(s) go back to the broker",
                 queue,
