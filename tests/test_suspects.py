@@ -1,5 +1,6 @@
 """The suspect path is for crashes only: a worker that lost its own connection does
-not take the redelivery of what it held (or had just acknowledged) for a crash."""
+not take the redelivery of what it held (or had just acknowledged) for a crash; and
+the gate a suspect runs alone behind."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rabbitworker._amqp.transport import AmqpTransport
 from rabbitworker.settings import Settings
 from rabbitworker.topology import suspect_queue_name
 from rabbitworker.transport import Consumer, Delivery, OnDelivery
+from rabbitworker.worker.suspects import Gate
 
 MOVED = re.compile(r"message (\S+) on \S+ was delivered again after a worker lost it")
 
@@ -100,3 +102,38 @@ async def test_a_worker_cut_off_mid_stream_takes_none_of_what_it_held_for_a_susp
     assert len(moved) <= 20  # at most a prefetch window
     redelivered_seen = [r for r in receipts[held_at_cut:] if r[1]]
     assert len(redelivered_seen) > len(moved)  # the cut did return held messages
+
+
+async def test_the_gate_lets_an_alone_run_in_after_the_shared_ones_and_keeps_new_ones_out() -> None:
+    gate = Gate()
+    log: list[str] = []
+    finish_first = asyncio.Event()
+
+    async def shared(name: str, until: asyncio.Event | None = None) -> None:
+        await gate.enter_shared()
+        log.append(f"{name} in")
+        try:
+            if until is not None:
+                await until.wait()
+        finally:
+            gate.leave_shared()
+        log.append(f"{name} out")
+
+    async def alone() -> None:
+        async with gate.alone():
+            log.append("alone in")
+            assert gate.running == 1
+            await asyncio.sleep(0.01)
+        log.append("alone out")
+
+    first = asyncio.ensure_future(shared("first", finish_first))
+    await eventually(lambda: log == ["first in"])
+    lone = asyncio.ensure_future(alone())
+    await asyncio.sleep(0)
+    late = asyncio.ensure_future(shared("late"))
+    await asyncio.sleep(0.02)
+    assert log == ["first in"]  # the alone run waits; the late shared one waits behind it
+    finish_first.set()
+    await asyncio.gather(first, lone, late)
+    assert log == ["first in", "first out", "alone in", "alone out", "late in", "late out"]
+    assert gate.running == 0

@@ -148,6 +148,10 @@ class Dispatcher:
             raise
         finally:
             del self.held[task]
+            if _channel_closed(delivery):
+                # Its channel was lost while it ran (its ack with it): the broker
+                # delivers it again, and that is not a crash.
+                self.suspects.returned(delivery)
 
     def _cancelled(self, held: Held) -> None:
         # Cancelled and not handed back: aiormq cancels the deliveries of a channel it

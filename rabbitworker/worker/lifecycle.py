@@ -76,7 +76,6 @@ class Worker:
         self._watchdog: LoopWatchdog | None = None
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
-        self._drained = False
         self.exhausted = False
 
     # -- starting -----------------------------------------------------------
@@ -250,12 +249,9 @@ class Worker:
 
     @property
     def abandoned_threads(self) -> int:
-        """Sync handlers still running in abandoned threads: past their timeout and,
-        once the worker stopped, any still running (their messages went back)."""
-        threads = self._threads
-        if threads is None:
-            return 0
-        return threads.busy if self._drained else threads.abandoned
+        """Sync handlers still running in abandoned threads: past their timeout, or
+        interrupted (by the drain, a lost channel) while they ran."""
+        return self._threads.abandoned if self._threads is not None else 0
 
     @property
     def abandoned_threads_total(self) -> int:
@@ -295,7 +291,6 @@ class Worker:
         self._intakes.clear()
         if dispatch is not None:
             await self._drain(dispatch, taking)
-        self._drained = True
         if self._watchdog is not None:
             self._watchdog.stop()
         close_timeout = FORCED_CLOSE_TIMEOUT_S if self.forced else CLOSE_TIMEOUT_S
