@@ -5,6 +5,7 @@ outage reported once, in rabbitworker's words, however long it lasts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,7 +13,7 @@ from typing import Any, TypeVar
 
 import aio_pika
 import aiormq.exceptions
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection, TimeoutType
 
 from ..errors import ConnectionFailed, RabbitWorkerError
 from ..urls import BrokerURL
@@ -66,6 +67,7 @@ async def connect(
                 timeout=max(0.5, min(remaining, 5.0)),
                 client_properties={"connection_name": name},
                 heartbeat=heartbeat,
+                connection_class=_RobustConnection,
                 **_reconnect_options(url),
             )
             return connection
@@ -81,6 +83,21 @@ async def connect(
             log.debug("%s; trying again in %.1f s", error, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, _MAX_PAUSE)
+
+
+class _RobustConnection(aio_pika.RobustConnection):
+    """Closes itself when its first connect fails or is cancelled. aio-pika leaves
+    the reconnect task running otherwise: one cancelled mid-handshake (a SIGTERM
+    while the worker starts) swallows the cancel and keeps the event loop, and so
+    the process, from ever finishing."""
+
+    async def connect(self, timeout: TimeoutType = None) -> None:
+        try:
+            await super().connect(timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.close())
+            raise
 
 
 def _reconnect_options(url: BrokerURL) -> dict[str, Any]:

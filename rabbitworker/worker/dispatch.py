@@ -1,12 +1,14 @@
-"""Each delivery's way through a worker: a concurrency slot, then processing and
-settlement (alone, for a crash suspect), or straight back to the broker when the
-worker is stopping or a redelivery cannot be accounted for."""
+"""Each delivery's way through a worker: a concurrency slot and the gate, then
+processing and settlement (alone, for a crash suspect), or straight back to the
+broker when the worker is stopping, or to the suspect queue when a redelivery cannot
+be accounted for."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +44,7 @@ class Dispatcher:
         suspects: Suspects,
         *,
         concurrency: int,
+        prefetch: int,
     ) -> None:
         self.transport = transport
         self.processor = processor
@@ -54,6 +57,13 @@ class Dispatcher:
         self.consumers_cancelled = asyncio.Event()
         self.handled = 0
         self.handed_back = 0
+        # The last `prefetch` messages settled from each work queue: when its channel
+        # is lost, their acks may have been lost with it (the broker holds at most
+        # `prefetch` unacked), and their redelivery is no crash either.
+        self._prefetch = prefetch
+        self._settled: dict[str, deque[str]] = {}
+        # Deliveries cancelled with their work queue's channel, until it is reported.
+        self._lost: dict[str, list[Held]] = {}
 
     @property
     def waiting(self) -> list[asyncio.Task[Any]]:
@@ -69,62 +79,88 @@ class Dispatcher:
         if self.stopping.is_set():
             await self.hand_back(delivery, queue)
             return
-        if not self.suspects.accounted_for(delivery):
+        if delivery.redelivered and not self.suspects.accounted_for(delivery):
             await self._guarded(self.suspects.move(delivery, queue), delivery, queue)
             return
-        async with self._holding(delivery, queue) as held:
+        task = asyncio.current_task()
+        assert task is not None
+        held = self.held[task] = Held(delivery, queue)
+        try:
+            await self._run_shared(held)
+        except asyncio.CancelledError:
+            self._cancelled(held)
+            raise
+        finally:
+            del self.held[task]
+
+    async def _run_shared(self, held: Held) -> None:
+        delivery, queue = held.delivery, held.queue
+        limit, gate = self._limit, self.gate
+        try:
+            await limit.acquire()
             try:
-                await self._limit.acquire()
-            except asyncio.CancelledError:
-                if not self.stopping.is_set():
-                    raise
-                _uncancel()
-                await self.hand_back(delivery, queue)  # cancelled by the drain
-                return
-            try:
-                # A slot that frees up during the drain must not start new work.
-                if self.stopping.is_set():
-                    await self.hand_back(delivery, queue)
-                    return
-                async with self.gate.shared():
-                    await self._handle_or_hand_back(held)
-            finally:
-                self._limit.release()
+                await gate.enter_shared()
+            except BaseException:
+                limit.release()
+                raise
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            _uncancel()
+            await self.hand_back(delivery, queue)  # cancelled by the drain
+            return
+        try:
+            # A slot that frees up during the drain must not start new work.
+            if self.stopping.is_set():
+                await self.hand_back(delivery, queue)
+            else:
+                await self._handle_or_hand_back(held)
+                self._remember_settled(delivery, queue)
+        finally:
+            gate.leave_shared()
+            limit.release()
+
+    def _remember_settled(self, delivery: Delivery, queue: str) -> None:
+        if _channel_closed(delivery):
+            # Lost already (its ack too, maybe): the channel's close was reported.
+            self.suspects.returned(delivery)
+            return
+        settled = self._settled.get(queue)
+        if settled is None:
+            settled = self._settled[queue] = deque(maxlen=self._prefetch)
+        settled.append(delivery.message_id)
 
     async def on_suspect(self, queue: str, delivery: Delivery) -> None:
-        """A delivery from a work queue's suspect queue: it runs alone."""
+        """A suspect of a work queue, taken while the gate lets it run alone."""
         if self.stopping.is_set():
             await self.hand_back(delivery, queue)
             return
         if not self.suspects.accounted_for(delivery):
             await self._guarded(self.suspects.crashed(delivery, queue), delivery, queue)
             return
-        async with self._holding(delivery, queue) as held:
-            try:
-                async with self.gate.alone():
-                    if self.stopping.is_set():
-                        await self.hand_back(delivery, queue)
-                        return
-                    await self._handle_or_hand_back(held)
-            except asyncio.CancelledError:
-                if not self.stopping.is_set() or held.started:
-                    raise
-                _uncancel()
-                await self.hand_back(delivery, queue)
-
-    @contextlib.asynccontextmanager
-    async def _holding(self, delivery: Delivery, queue: str) -> Any:
         task = asyncio.current_task()
         assert task is not None
         held = self.held[task] = Held(delivery, queue)
         try:
-            yield held
+            await self._handle_or_hand_back(held)
+        except asyncio.CancelledError:
+            self._cancelled(held)
+            raise
         finally:
             del self.held[task]
             if _channel_closed(delivery):
-                # Its channel closed under it: the broker delivers it again, and that
-                # redelivery is not a crash.
+                # Its channel was lost while it ran (its ack with it): the broker
+                # delivers it again, and that is not a crash.
                 self.suspects.returned(delivery)
+
+    def _cancelled(self, held: Held) -> None:
+        # Cancelled and not handed back: aiormq cancels the deliveries of a channel it
+        # closes, usually before the channel's close is reported. The broker delivers
+        # the message again, and that redelivery is not a crash.
+        delivery = held.delivery
+        self.suspects.returned(delivery)
+        if delivery.queue == held.queue and _channel_closed(delivery):
+            self._lost.setdefault(held.queue, []).append(held)  # for channel_closed
 
     async def _handle_or_hand_back(self, held: Held) -> None:
         try:
@@ -178,8 +214,18 @@ class Dispatcher:
 
     def channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
         """Log what a lost consuming channel means for the messages held on it."""
-        held = [h for h in self.held.values() if h.delivery.channel is not None]
-        on_it = [h for h in held if _channel_closed(h.delivery)]
+        on_it = [
+            h
+            for h in self.held.values()
+            if h.delivery.queue == queue and _channel_closed(h.delivery)
+        ]
+        for h in on_it:
+            # Known now, not when its handler ends: the broker may deliver it again
+            # (on the restored channel) while that handler still runs.
+            self.suspects.returned(h.delivery)
+        on_it += self._lost.pop(queue, ())
+        for message_id in self._settled.pop(queue, ()):
+            self.suspects.returned_id(message_id)
         running = [h.delivery.message_id for h in on_it if h.started]
         if by_broker:
             log.warning(
@@ -191,7 +237,8 @@ class Dispatcher:
                 len(on_it),
             )
         elif on_it:
-            log.warning(
+            # The connection's loss is the WARNING, reported once for all channels.
+            log.info(
                 "lost the channel consuming %s (%s): %d running handler(s) interrupted, "
                 "%d waiting message(s) go back to the broker",
                 queue,

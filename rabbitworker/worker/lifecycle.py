@@ -1,4 +1,4 @@
-"""The worker's life: start (connect, consume each queue and its suspect queue),
+"""The worker's life: start (connect, consume each queue, take its suspects),
 run until stopped, then drain (stop consuming, let running handlers finish within
 the grace period, hand the rest back) and close."""
 
@@ -14,12 +14,11 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from ..topology import suspect_queue_name
 from ..transport import Consumer
 from .dispatch import Dispatcher
 from .processing import Processor
 from .settlement import Settlement
-from .suspects import Suspects
+from .suspects import SuspectIntake, Suspects
 from .threads import SyncThreads
 from .watchdog import LoopWatchdog, innermost_of
 
@@ -71,6 +70,7 @@ class Worker:
         self.prefetch = prefetch or settings.prefetch
         self.grace = settings.grace if grace is None else grace
         self._consumers: list[Consumer] = []
+        self._intakes: dict[str, SuspectIntake] = {}
         self._threads: SyncThreads | None = None
         self._dispatch: Dispatcher | None = None
         self._watchdog: LoopWatchdog | None = None
@@ -109,8 +109,14 @@ class Worker:
         suspects = Suspects(session.transport, settlement, delivery_limit=s.delivery_limit)
         settlement.returned = suspects.returned
         self._dispatch = Dispatcher(
-            session.transport, processor, settlement, suspects, concurrency=self.concurrency
+            session.transport,
+            processor,
+            settlement,
+            suspects,
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
         )
+        suspects.on_moved = self._suspects_moved
         for middleware in app.middleware:
             await middleware.on_worker_start()
         for name in self.queues:
@@ -143,15 +149,16 @@ class Worker:
                 on_closed=on_closed,
             )
         )
-        # One at a time: a suspect runs alone, so only it is unacked if it kills us.
-        self._consumers.append(
-            await transport.consume(
-                suspect_queue_name(queue),
-                functools.partial(dispatch.on_suspect, queue),
-                prefetch=1,
-                on_closed=on_closed,
-            )
+        intake = SuspectIntake(
+            transport, queue, dispatch.gate, functools.partial(dispatch.on_suspect, queue)
         )
+        self._intakes[queue] = intake
+        intake.start()
+
+    def _suspects_moved(self, queue: str) -> None:
+        intake = self._intakes.get(queue)
+        if intake is not None:
+            intake.wake()
 
     def _channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
         if self._dispatch is not None and not self._stopping.is_set():
@@ -167,17 +174,15 @@ class Worker:
         return f"{what} at {where}"
 
     def _on_threads_exhausted(self) -> None:
+        if self.exhausted:
+            return
         log.error(
             "%d sync handler threads are stuck past their timeout; stopping the worker so "
             "that its process can be restarted (max_abandoned_threads)",
             self.app.settings.max_abandoned_threads,
         )
         self.exhausted = True
-        loop = self._watchdog.loop if self._watchdog else None
-        if loop is not None:
-            loop.call_soon_threadsafe(self._stopping.set)
-        else:
-            self._stopping.set()
+        self._stopping.set()  # called on the loop, by the handler that timed out
 
     # -- running ------------------------------------------------------------
 
@@ -244,12 +249,23 @@ class Worker:
 
     @property
     def abandoned_threads(self) -> int:
-        """Sync handlers still running in threads abandoned by a timeout or the drain."""
-        return self._threads.busy if self._threads is not None else 0
+        """Sync handlers still running in abandoned threads: past their timeout, or
+        interrupted (by the drain, a lost channel) while they ran."""
+        return self._threads.abandoned if self._threads is not None else 0
+
+    @property
+    def abandoned_threads_total(self) -> int:
+        """Sync handler threads abandoned by a timeout since the worker started."""
+        return self._threads.abandoned_total if self._threads is not None else 0
 
     @property
     def handled(self) -> int:
         return self._dispatch.handled if self._dispatch else 0
+
+    @property
+    def suspects_moved(self) -> int:
+        """Redeliveries this worker could not account for and moved to a suspect queue."""
+        return self._dispatch.suspects.moved if self._dispatch else 0
 
     @property
     def consuming(self) -> bool:
@@ -270,8 +286,11 @@ class Worker:
                 await asyncio.wait_for(consumer.cancel(), CANCEL_TIMEOUT_S)
         started = bool(self._consumers)
         self._consumers.clear()
+        # A suspect being handled is waited for like a running handler.
+        taking = {t for t in (i.stop() for i in self._intakes.values()) if t is not None}
+        self._intakes.clear()
         if dispatch is not None:
-            await self._drain(dispatch)
+            await self._drain(dispatch, taking)
         if self._watchdog is not None:
             self._watchdog.stop()
         close_timeout = FORCED_CLOSE_TIMEOUT_S if self.forced else CLOSE_TIMEOUT_S
@@ -285,15 +304,15 @@ class Worker:
         if self._threads is not None:
             if self._threads.busy:
                 log.warning(
-                    "%d sync handler(s) still running in threads; their messages went back "
-                    "to the broker and whatever they return is dropped",
+                    "%d sync handler(s) still running in threads; whatever they return is "
+                    "dropped (their messages were settled or went back to the broker)",
                     self._threads.busy,
                 )
             self._threads.shutdown()
         if not started:
             return
 
-    async def _drain(self, dispatch: Dispatcher) -> None:
+    async def _drain(self, dispatch: Dispatcher, taking: set[asyncio.Task[None]]) -> None:
         dispatch.consumers_cancelled.set()
         # Deliveries still waiting for a slot never start: they go back at once.
         for task in dispatch.waiting:
@@ -303,7 +322,7 @@ class Worker:
             log.info(
                 "draining: waiting up to %g s for %d running handler(s)", self.grace, len(running)
             )
-        unfinished = await self._wait(set(dispatch.held), self.grace)
+        unfinished = await self._wait(set(dispatch.held) | taking, self.grace)
         interrupted = [running[t] for t in unfinished if t in running]
         for task in unfinished:
             task.cancel()

@@ -1,10 +1,14 @@
 """Poison isolation: when a worker process dies, the broker delivers again everything
 it held, and nothing tells the message that killed it from its innocent neighbours.
 So a redelivered message this process cannot account for is moved to its queue's
-`Q.suspect` queue, and suspects run one at a time, alone in their process. A
-suspect that is delivered again was alone when its process died: that counts as a
+`Q.suspect` queue, and suspects run one at a time, alone in their process.
+
+A suspect is taken (basic.get) only once nothing else runs in the process, and is
+the only message the process holds from its suspect queue while it runs. So a
+suspect delivered again was running alone when its process died: that counts as a
 crash (`x-crashes`), and after `delivery_limit` crashes it is dead-lettered with
-`WorkerCrashed`. Its neighbours never run alone with it, so they never count.
+`WorkerCrashed`. Its neighbours never run alone with it, so they never count, and a
+suspect never waits, unacknowledged, beside handlers that might kill the process.
 
 A redelivery this process can account for (its channel or connection was lost
 while it held the message) is processed as usual.
@@ -16,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..errors import WorkerCrashed
 from ..topology import suspect_queue_name
@@ -24,7 +28,7 @@ from ..transport import Delivery, Transport
 from ..wire import CRASHES, copy_properties, crashes_of, new_message_id
 from .settlement import Settlement
 
-__all__ = ["Gate", "Suspects"]
+__all__ = ["Gate", "SuspectIntake", "Suspects"]
 
 log = logging.getLogger("rabbitworker.worker")
 
@@ -32,46 +36,58 @@ log = logging.getLogger("rabbitworker.worker")
 # innocent. Bounded: past this, the oldest are forgotten (and would only take the
 # slower, still correct, suspect path).
 MAX_REMEMBERED = 100_000
+# How often a worker looks for suspects that other processes moved (its own moves
+# wake it at once). A passive declare on a short-lived channel.
+SUSPECT_POLL_S = 1.0
 
 
 class Gate:
-    """Lets handlers run side by side (`shared`) or one alone (`alone`): an alone
-    run waits for the running ones to finish and keeps new ones out meanwhile."""
+    """Lets handlers run side by side (shared) or one alone: an alone run waits for
+    the running ones to finish and keeps new ones out meanwhile.
+
+    The shared side is on every delivery's path, so it is two plain methods rather
+    than a context manager: `enter_shared` does not suspend unless an alone run is
+    waiting or running.
+    """
+
+    __slots__ = ("_alone", "_idle", "_no_alone", "running")
 
     def __init__(self) -> None:
         self.running = 0
         self._alone = 0  # alone runs waiting or running
-        self._changed = asyncio.Condition()
+        self._no_alone = asyncio.Event()
+        self._no_alone.set()
+        self._idle = asyncio.Event()  # nothing running
+        self._idle.set()
 
-    @contextlib.asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        if self._alone:
-            async with self._changed:
-                await self._changed.wait_for(lambda: not self._alone)
+    async def enter_shared(self) -> None:
+        while self._alone:
+            await self._no_alone.wait()
         self.running += 1
-        try:
-            yield
-        finally:
-            self.running -= 1
-            if self._alone and not self.running:
-                async with self._changed:
-                    self._changed.notify_all()
+        self._idle.clear()
+
+    def leave_shared(self) -> None:
+        self.running -= 1
+        if not self.running:
+            self._idle.set()
 
     @contextlib.asynccontextmanager
     async def alone(self) -> AsyncIterator[None]:
         self._alone += 1
+        self._no_alone.clear()
         try:
-            async with self._changed:
-                await self._changed.wait_for(lambda: not self.running)
-                self.running += 1
+            while self.running:
+                await self._idle.wait()
+            self.running += 1
+            self._idle.clear()
             try:
                 yield
             finally:
-                self.running -= 1
+                self.leave_shared()
         finally:
             self._alone -= 1
-            async with self._changed:
-                self._changed.notify_all()
+            if not self._alone:
+                self._no_alone.set()
 
 
 class Suspects:
@@ -86,11 +102,17 @@ class Suspects:
         self._held_at_loss: OrderedDict[str, None] = OrderedDict()
         self.moved = 0
         self.crashes = 0
+        # Called with the work queue after a move, so its intake looks at once.
+        self.on_moved: Callable[[str], None] = lambda _: None
 
     def returned(self, delivery: Delivery) -> None:
         """`delivery` went back to the broker for a known reason (its channel closed,
         or the worker handed it back): its redelivery is not a crash."""
-        self._held_at_loss[delivery.message_id] = None
+        self.returned_id(delivery.message_id)
+
+    def returned_id(self, message_id: str) -> None:
+        """`returned` for a message known by its id."""
+        self._held_at_loss[message_id] = None
         while len(self._held_at_loss) > MAX_REMEMBERED:
             self._held_at_loss.popitem(last=False)
 
@@ -117,6 +139,7 @@ class Suspects:
             queue,
         )
         await delivery.ack()
+        self.on_moved(queue)
 
     async def crashed(self, delivery: Delivery, queue: str) -> None:
         """A suspect delivered again: its process died while it ran alone."""
@@ -144,3 +167,82 @@ class Suspects:
             )
             await self.transport.send("", suspect_queue_name(queue), delivery.body, properties)
         await delivery.ack()
+
+
+class SuspectIntake:
+    """Takes the suspects of one work queue, one at a time, each only once the gate
+    lets it run alone; `handle(delivery)` runs or counts it."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        queue: str,
+        gate: Gate,
+        handle: Callable[[Delivery], Awaitable[None]],
+        *,
+        poll: float = SUSPECT_POLL_S,
+    ) -> None:
+        self.transport = transport
+        self.queue = queue
+        self.name = suspect_queue_name(queue)
+        self.gate = gate
+        self.handle = handle
+        self.poll = poll
+        self.taken = 0
+        # True while it may hold a suspect: stopping must then wait, not cancel.
+        self.busy = False
+        self._wake = asyncio.Event()
+        self._wake.set()  # look once at the start: suspects may be waiting already
+        self._stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._run())
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> asyncio.Task[None] | None:
+        """Stop taking suspects. Returns the task if it is handling one (let it
+        finish, as a running handler); otherwise it is cancelled at once."""
+        self._stopping = True
+        task, self.task = self.task, None
+        if task is None or task.done():
+            return None
+        if self.busy:
+            self._wake.set()
+            return task
+        task.cancel()
+        return None
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll)
+            self._wake.clear()
+            try:
+                await self._take_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The connection is down, or the queue was deleted: look again later.
+                log.debug("could not take suspects from %s: %s", self.name, exc)
+
+    async def _take_all(self) -> None:
+        info = await self.transport.inspect(self.name)
+        if info is None or not info.messages or self._stopping:
+            return
+        async with self.gate.alone():
+            if self._stopping:
+                return
+            self.busy = True
+            try:
+                async with self.transport.browse(self.name) as browser:
+                    while not self._stopping:
+                        taken = await browser.take(1)
+                        if not taken:
+                            break
+                        self.taken += 1
+                        await self.handle(taken[0])
+            finally:
+                self.busy = False

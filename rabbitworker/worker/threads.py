@@ -20,8 +20,9 @@ log = logging.getLogger("rabbitworker.worker")
 
 class SyncThreads:
     """Runs sync handlers in threads; a thread cannot be stopped, so one that passes
-    its handler's timeout is abandoned: it keeps running, its result is dropped,
-    and it no longer counts against `concurrency`.
+    its handler's timeout (or whose wait is cancelled) is abandoned: it keeps
+    running, its result is dropped, and it no longer counts against `concurrency`.
+    `abandoned` counts those still running, `abandoned_total` the timeouts so far.
 
     When `max_abandoned` threads are abandoned at once, `on_exhausted` is called
     (the worker then stops, so that its process can be restarted).
@@ -43,7 +44,7 @@ class SyncThreads:
         self._on_exhausted = on_exhausted
         self._lock = threading.Lock()
         self.busy = 0  # threads running a handler, abandoned ones included
-        self.abandoned = 0  # of those, the ones whose handler passed its timeout
+        self.abandoned = 0  # of those, the ones whose result is dropped
         self.abandoned_total = 0
 
     async def run(
@@ -56,23 +57,33 @@ class SyncThreads:
             self.busy += 1
         future = self._pool.submit(fn, *args)
         future.add_done_callback(self._finished)
-        waiter = asyncio.wrap_future(future)
-        if timeout is None:
-            return await waiter
+        waiter = asyncio.shield(asyncio.wrap_future(future))
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            if timeout is None:
+                return await waiter
+            return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             if future.done():
                 return future.result()  # finished just now, or its own TimeoutError
             self._abandon(future, f"{what} passed its timeout of {timeout:g} s")
             raise HandlerTimeout(f"ran past its timeout of {timeout:g} s") from None
+        except asyncio.CancelledError:
+            # Interrupted by the drain or a lost channel: a handler not started yet
+            # never starts, and a running one's thread is abandoned (not reported: its
+            # message goes back to the broker, and this is no sign of a stuck handler).
+            if not future.cancel() and not future.done():
+                self._abandon(future, None)
+            raise
 
-    def _abandon(self, future: Future[Any], what: str) -> None:
+    def _abandon(self, future: Future[Any], what: str | None) -> None:
         with self._lock:
             self.abandoned += 1
-            self.abandoned_total += 1
+            if what is not None:
+                self.abandoned_total += 1
             count = self.abandoned
         future.add_done_callback(self._released)
+        if what is None:
+            return
         log.warning(
             "%s; its thread is abandoned and keeps running (%d abandoned now, at most %d)",
             what,
