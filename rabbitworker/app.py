@@ -15,9 +15,11 @@ from .errors import ConfigurationError
 from .message import R, TaskMessage
 from .middleware import Middleware, Retries
 from .policy import RetryPolicy
-from .producer import Producer
 from .registry import Registry, caller_namespace
-from .rpc import PendingReply, RPCClient
+from .results import ResultStore, TaskStatus, open_store
+from .results.tracking import Tracker, ttl_seconds
+from .rpc import PendingReply
+from .session import Session
 from .settings import Settings
 from .topology import QueueType, Topology
 from .transport import Transport
@@ -25,48 +27,12 @@ from .transport import Transport
 if TYPE_CHECKING:
     from .sync import SyncClient
 
-__all__ = ["App", "Session", "call", "current_app", "publish", "submit"]
+__all__ = ["App", "call", "current_app", "publish", "submit"]
 
 log = logging.getLogger("rabbitworker")
 
 F = TypeVar("F", bound=Callable[..., Any])
 TransportFactory = Callable[["App", Settings], Transport]
-
-
-class Session:
-    """One open connection of an app: its transport, producer and RPC client.
-
-    An app has one for the event loop it was entered on; the blocking facade opens
-    its own on its background loop.
-    """
-
-    def __init__(self, app: App, transport: Transport) -> None:
-        s = app.settings
-        self.transport = transport
-        self.producer = Producer(
-            transport,
-            app.exchange,
-            queue_type=s.queue_type,
-            max_message_size=s.max_message_size,
-            is_bound=app.registry.is_bound,
-        )
-        self.rpc = RPCClient(transport, self.producer, timeout=s.publish_timeout)
-
-    @classmethod
-    async def open(cls, app: App) -> Session:
-        """Connect and declare the app's whole topology."""
-        transport = app.make_transport()
-        await transport.open()
-        try:
-            await transport.declare(app.topology())
-        except BaseException:
-            await transport.close()
-            raise
-        return cls(app, transport)
-
-    async def close(self, reason: str) -> None:
-        self.rpc.fail_all(reason)
-        await self.transport.close()
 
 
 class App:
@@ -88,11 +54,18 @@ class App:
         delivery_limit: int | None = None,
         retry: RetryPolicy | None = None,
         middleware: Sequence[Middleware] = (),
+        results: str | ResultStore | None = None,
         **settings: Any,
     ) -> None:
         self.name = name
         self.exchange = exchange
-        overrides = {"url": url, "queue_type": queue_type, "delivery_limit": delivery_limit}
+        self._results_store = None if isinstance(results, str) else results
+        overrides = {
+            "url": url,
+            "queue_type": queue_type,
+            "delivery_limit": delivery_limit,
+            "results": results if isinstance(results, str) else None,
+        }
         self._overrides: dict[str, Any] = {
             **{k: v for k, v in overrides.items() if v is not None},
             **settings,
@@ -103,6 +76,7 @@ class App:
         self._session: Session | None = None
         self._sync: SyncClient | None = None
         self._entered = 0
+        self._opened_by_context = False
         self.transport_factory: TransportFactory | None = None  # rabbitworker.testing
 
     # -- registration -------------------------------------------------------
@@ -135,6 +109,7 @@ class App:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         bind: Iterable[str] = (),
+        results: bool | timedelta | float = False,
     ) -> Callable[[F], F]:
         """Register a handler for the message type of its first parameter.
 
@@ -142,9 +117,12 @@ class App:
         pool. An optional second parameter receives the `Context`. `retry` defaults
         to the app's policy (3 attempts, 1 s then 10 s apart); `timeout` fails an
         attempt that runs longer; `bind` adds binding patterns (like
-        ``"reports.*"``) to the queue. Raises `ConfigurationError` for a duplicate
-        handler or routing key.
+        ``"reports.*"``) to the queue; `results` keeps each message's status and
+        result in the app's results store (True: for `results_ttl`, or for a
+        timedelta). Raises `ConfigurationError` for a duplicate handler or routing key.
         """
+        # 0.0 stands for "the app's results_ttl", read when the app starts.
+        results_ttl = ttl_seconds(results, 0.0) if results is not True else 0.0
 
         def decorate(func: F) -> F:
             self.registry.add_task(
@@ -153,6 +131,7 @@ class App:
                 retry=retry,
                 timeout=timeout,
                 bind=bind,
+                results_ttl=results_ttl,
                 localns=caller_namespace(1),
             )
             return func
@@ -185,6 +164,19 @@ class App:
             name=f"rabbitworker:{self.name}",
         )
 
+    def make_tracker(self) -> Tracker | None:
+        """A tracker over a newly opened results store; None when the app has none."""
+        spec = self._results_store or self.settings.results
+        if spec is None:
+            return None
+        s = self.settings
+        return Tracker(
+            open_store(spec),
+            self.registry,
+            default_ttl=s.results_ttl,
+            max_result_size=s.max_result_size,
+        )
+
     # -- connection ---------------------------------------------------------
 
     async def connect(self) -> None:
@@ -204,6 +196,9 @@ class App:
 
     async def __aenter__(self) -> App:
         if self._entered == 0:
+            # Closed again on the way out only if this opened it: a connection a
+            # worker in the same process opened stays the worker's.
+            self._opened_by_context = self._session is None
             await self.connect()
         self._entered += 1
         _remember(self)
@@ -216,7 +211,7 @@ class App:
         tb: TracebackType | None,
     ) -> None:
         self._entered -= 1
-        if self._entered == 0:
+        if self._entered == 0 and self._opened_by_context:
             await self.close()
 
     @property
@@ -242,17 +237,41 @@ class App:
         headers: Mapping[str, Any] | None = None,
         delay: float | timedelta | None = None,
         message_id: str | None = None,
+        track: bool | timedelta | float = False,
     ) -> str:
         """Publish `msg`; returns its message id once the broker confirmed it.
 
         With `delay` (seconds or a timedelta) it is delivered no earlier than that.
+        `track` keeps its status and result in the results store (as a task's
+        `results=` does): read them with `status()` and `result()`.
         Raises `UnroutableError` when no queue is bound for its routing key,
         `NotConfirmed` on a nack or timeout, `MessageTooLarge`, `HeaderError`,
-        `ConnectionFailed`.
+        `ConnectionFailed`, `ConfigurationError` for `track` without a results store.
         """
         return await self.session.producer.publish(
-            msg, headers=headers, delay=delay, message_id=message_id
+            msg, headers=headers, delay=delay, message_id=message_id, track=track
         )
+
+    def _tracker(self) -> Tracker:
+        tracker = self.session.tracker
+        if tracker is None:
+            raise ConfigurationError(
+                f"app {self.name!r} has no results store: App(..., results='redis://...')"
+            )
+        return tracker
+
+    async def status(self, message_id: str, *, wait: float = 0) -> TaskStatus | None:
+        """The status of a tracked message, from any process; None when it is
+        unknown or expired. With `wait`, up to that many seconds for a final state.
+        Raises `ConfigurationError` without a results store."""
+        store = self._tracker().store
+        return await (store.wait(message_id, wait) if wait > 0 else store.load(message_id))
+
+    async def result(self, message_id: str, *, timeout: float) -> Any:
+        """Wait up to `timeout` seconds for a tracked message's result, validated as
+        its message type's reply type. Raises `RemoteError` when it failed (was
+        dead-lettered), `RPCTimeout` when it has no final status in time."""
+        return await self._tracker().read(message_id, timeout)
 
     async def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> PendingReply[R]:
         """Publish an RPC request; await `.result(timeout=...)` on what it returns.
@@ -335,9 +354,12 @@ async def publish(
     headers: Mapping[str, Any] | None = None,
     delay: float | timedelta | None = None,
     message_id: str | None = None,
+    track: bool | timedelta | float = False,
 ) -> str:
     """`App.publish` on the current app."""
-    return await current_app().publish(msg, headers=headers, delay=delay, message_id=message_id)
+    return await current_app().publish(
+        msg, headers=headers, delay=delay, message_id=message_id, track=track
+    )
 
 
 async def call(msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ class Context:
     """What a handler knows about the delivery it is handling.
 
     `attempt` is 1 on the first delivery and grows with each retry; `message_id`
-    stays the same across retries, so it can serve as an idempotency key.
+    stays the same across retries, so it can serve as an idempotency key;
+    `published_at` is the message's timestamp, when its producer set one.
     `publish()` sends a follow-up message through the worker's connection.
     `state` is scratch space for middleware.
     """
@@ -36,6 +38,7 @@ class Context:
         "logger",
         "message_id",
         "outcome",
+        "published_at",
         "queue",
         "redelivered",
         "reply_to",
@@ -57,6 +60,7 @@ class Context:
         correlation_id: str | None = None,
         reply_to: str | None = None,
         redelivered: bool = False,
+        published_at: datetime | None = None,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         self.task = task
@@ -69,6 +73,7 @@ class Context:
         self.correlation_id = correlation_id
         self.reply_to = reply_to
         self.redelivered = redelivered
+        self.published_at = published_at
         self.logger = logger or _TASK_LOG
         self.outcome: Outcome | None = None
         self.state: dict[str, Any] = {}

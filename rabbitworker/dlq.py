@@ -24,6 +24,7 @@ from .wire import (
     REPLAYED,
     attempt_of,
     copy_properties,
+    replays_of,
     text_of,
 )
 
@@ -152,7 +153,7 @@ async def replay(
             properties = copy_properties(
                 message.properties,
                 routing_key=message.routing_key,
-                set_headers={ATTEMPT: 1, REPLAYED: True},
+                set_headers={ATTEMPT: 1, REPLAYED: replays_of(message.headers) + 1},
                 drop_headers=ERROR_HEADERS,
             )
             await transport.send("", queue, message.body, properties)

@@ -8,11 +8,12 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from .errors import UnroutableError
+from .errors import ConfigurationError, UnroutableError
 from .message import TaskMessage
+from .results.tracking import Tracker, ttl_seconds
 from .topology import QueueType, delay_exchange_name, delay_queue_spec, quantize_delay_ms
 from .transport import Transport
-from .wire import DELAY, Properties, check_size, message_properties
+from .wire import DELAY, RESULTS_TTL, Properties, check_size, message_properties
 
 __all__ = ["Producer"]
 
@@ -29,8 +30,10 @@ class Producer:
         queue_type: QueueType,
         max_message_size: int,
         is_bound: Callable[[str], bool],
+        tracker: Tracker | None = None,
     ) -> None:
         self.transport = transport
+        self.tracker = tracker
         self.exchange = exchange
         self.queue_type = queue_type
         self.max_message_size = max_message_size
@@ -77,8 +80,15 @@ class Producer:
         message_id: str | None = None,
         correlation_id: str | None = None,
         reply_to: str | None = None,
+        track: bool | timedelta | float = False,
     ) -> str:
-        """Publish a typed message; returns its message id once the broker confirmed."""
+        """Publish a typed message; returns its message id once the broker confirmed.
+
+        A tracked message (`track`, or its task's `results=`) gets the `queued`
+        status written first, so a reader never finds a later state before it."""
+        ttl = self._track_ttl(type(msg).routing_key, track)
+        if ttl is not None:
+            headers = {**(headers or {}), RESULTS_TTL: int(ttl) if ttl.is_integer() else ttl}
         key, body, properties, delay_ms = self.encode(
             msg,
             headers=headers,
@@ -87,8 +97,24 @@ class Producer:
             correlation_id=correlation_id,
             reply_to=reply_to,
         )
+        if ttl is not None and self.tracker is not None:
+            assert properties.message_id and properties.timestamp
+            await self.tracker.queued(properties.message_id, key, ttl, properties.timestamp)
         await self.send(key, body, properties, delay_ms)
         return properties.message_id or ""
+
+    def _track_ttl(self, key: str, track: bool | timedelta | float) -> float | None:
+        if self.tracker is None:
+            if track:
+                raise ConfigurationError(
+                    "publish(track=...) needs a results store: App(..., results='redis://...')"
+                )
+            return None
+        asked = ttl_seconds(track, self.tracker.default_ttl)
+        if asked is not None:
+            return asked
+        task_ttl = self.tracker.registry.results_ttl_for(key)
+        return None if task_ttl is None else (task_ttl or self.tracker.default_ttl)
 
     async def send(self, key: str, body: bytes, properties: Properties, delay_ms: int) -> None:
         """Publish what `encode` made, through the delay queue when it has a delay."""

@@ -32,6 +32,7 @@ class Task:
     takes_context: bool
     retry: RetryPolicy
     timeout: float | None
+    results_ttl: float | None = None  # track status and result this long (seconds)
 
 
 class Registry:
@@ -65,6 +66,7 @@ class Registry:
         retry: RetryPolicy | None,
         timeout: float | None,
         bind: Iterable[str],
+        results_ttl: float | None = None,
         localns: Mapping[str, Any] | None = None,
     ) -> Task:
         """Register `fn` for the message type of its first parameter on `queue`."""
@@ -85,6 +87,7 @@ class Registry:
             takes_context=takes_context,
             retry=retry or self.default_retry,
             timeout=timeout,
+            results_ttl=results_ttl,
         )
         self.patterns.setdefault(queue, set()).update(bind)
         return task
@@ -95,6 +98,16 @@ class Registry:
 
     def task_for(self, queue: str, message_type: str) -> Task | None:
         return self.tasks.get(queue, {}).get(message_type)
+
+    def results_ttl_for(self, message_type: str) -> float | None:
+        """How long a task of `message_type` keeps its results (the longest, when
+        several queues handle it); None when none tracks them."""
+        ttls = [
+            t.results_ttl
+            for tasks in self.tasks.values()
+            if (t := tasks.get(message_type)) is not None and t.results_ttl is not None
+        ]
+        return max(ttls) if ttls else None
 
     def bindings(self) -> dict[str, set[str]]:
         """Each queue's binding keys: its handlers' routing keys and explicit patterns."""

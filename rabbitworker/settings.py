@@ -34,4 +34,7 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(20, ge=1)
     max_abandoned_threads: int = Field(100, ge=1)
     blocked_loop_warning: float = Field(1.0, ge=0)
+    results: str | None = None  # results store URL: redis://, postgresql://, memory://
+    results_ttl: float = Field(24 * 3600.0, gt=0)
+    max_result_size: int = Field(1024 * 1024, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

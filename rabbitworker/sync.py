@@ -11,12 +11,15 @@ from concurrent.futures import CancelledError, Future
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import ConnectionFailed
+from .errors import ConfigurationError, ConnectionFailed
 from .message import R, TaskMessage
 from .rpc import PendingReply
 
 if TYPE_CHECKING:
-    from .app import App, Session
+    from .app import App
+    from .results import TaskStatus
+    from .results.tracking import Tracker
+    from .session import Session
 
 __all__ = ["SyncClient", "SyncPendingReply"]
 
@@ -67,7 +70,7 @@ class SyncClient:
         thread = threading.Thread(target=run, name="rabbitworker-sync-client", daemon=True)
         thread.start()
         ready.wait()
-        from .app import Session
+        from .session import Session
 
         try:
             self._session = asyncio.run_coroutine_threadsafe(Session.open(self._app), loop).result()
@@ -107,10 +110,13 @@ class SyncClient:
         headers: Mapping[str, Any] | None = None,
         delay: float | timedelta | None = None,
         message_id: str | None = None,
+        track: bool | timedelta | float = False,
     ) -> str:
         """Blocking `App.publish`; returns the message id once confirmed."""
         return self._run(
-            lambda s: s.producer.publish(msg, headers=headers, delay=delay, message_id=message_id)
+            lambda s: s.producer.publish(
+                msg, headers=headers, delay=delay, message_id=message_id, track=track
+            )
         )
 
     def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
@@ -121,6 +127,16 @@ class SyncClient:
         """Blocking `App.submit`; `.result(timeout)` on what it returns waits for the reply."""
         future, loop = self._schedule(lambda s: s.rpc.submit(msg, retry=retry), None)
         return SyncPendingReply(self, _wait(future), loop)
+
+    def status(self, message_id: str, *, wait: float = 0) -> TaskStatus | None:
+        """Blocking `App.status`."""
+        if wait > 0:
+            return self._run(lambda s: _tracker(s).store.wait(message_id, wait))
+        return self._run(lambda s: _tracker(s).store.load(message_id))
+
+    def result(self, message_id: str, *, timeout: float) -> Any:
+        """Blocking `App.result`."""
+        return self._run(lambda s: _tracker(s).read(message_id, timeout))
 
     def close(self) -> None:
         """Close the connection and stop the background loop; calls still waiting
@@ -136,6 +152,12 @@ class SyncClient:
             asyncio.run_coroutine_threadsafe(closing, loop).result(timeout=10)
         finally:
             _stop(loop, thread)
+
+
+def _tracker(session: Session) -> Tracker:
+    if session.tracker is None:
+        raise ConfigurationError("the app has no results store: App(..., results='redis://...')")
+    return session.tracker
 
 
 def _wait(future: Future[T]) -> T:

@@ -32,6 +32,7 @@ __all__ = [
     "ORIGINAL_ROUTING_KEY",
     "PERSISTENT",
     "REPLAYED",
+    "RESULTS_TTL",
     "RPC_RETRY",
     "RPC_STATUS",
     "Properties",
@@ -44,7 +45,9 @@ __all__ = [
     "is_broker_header",
     "message_properties",
     "new_message_id",
+    "replays_of",
     "reply_properties",
+    "results_ttl_of",
     "rpc_retry_requested",
     "text_of",
 ]
@@ -59,7 +62,8 @@ RPC_STATUS = "x-rpc-status"  # "ok" or "error", on every RPC reply
 RPC_RETRY = "x-rpc-retry"  # on a request whose caller lets it be retried
 DELAY = "rw-delay-ms"  # selects the delay queue of a delayed publish
 CRASHES = "x-crashes"  # worker deaths while the message ran alone
-REPLAYED = "x-replayed"  # on a dead letter sent back by `dlq replay`
+REPLAYED = "x-replayed"  # how often `dlq replay` sent it back (true in older copies: 1)
+RESULTS_TTL = "x-results-ttl"  # track the status for this many seconds (results backend)
 ERROR_TYPE = "x-error-type"
 ERROR_MESSAGE = "x-error-message"
 FAILED_AT = "x-failed-at"
@@ -224,6 +228,20 @@ def attempt_of(headers: Mapping[str, Any]) -> int:
 def crashes_of(headers: Mapping[str, Any]) -> int:
     """How often worker processes died while the message ran alone (`x-crashes`)."""
     return _count(headers, CRASHES, 0)
+
+
+def replays_of(headers: Mapping[str, Any]) -> int:
+    """How often the message was replayed from its dead-letter queue (`x-replayed`)."""
+    return _count(headers, REPLAYED, 0)
+
+
+def results_ttl_of(headers: Mapping[str, Any]) -> float | None:
+    """The seconds its producer asked its status to be kept (`x-results-ttl`), if any."""
+    value = headers.get(RESULTS_TTL)
+    try:
+        return float(value) if value is not None and float(value) > 0 else None
+    except (TypeError, ValueError):
+        return None
 
 
 def rpc_retry_requested(headers: Mapping[str, Any]) -> bool:

@@ -11,6 +11,7 @@ import typer
 from ..__about__ import __version__
 from .dlq import dlq_cli
 from .produce import call_cmd, publish_cmd, topology
+from .result import result
 from .run import run
 
 __all__ = ["cli", "main"]
@@ -27,6 +28,7 @@ cli.command()(run)
 cli.command()(topology)
 cli.command("publish")(publish_cmd)
 cli.command("call")(call_cmd)
+cli.command()(result)
 cli.add_typer(dlq_cli, name="dlq")
 
 

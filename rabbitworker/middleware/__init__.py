@@ -1,8 +1,16 @@
 """Middleware: the hooks cross-cutting behaviour plugs into, and the middleware
 rabbitworker ships (retries, de-duplication)."""
 
-from .base import Middleware, Outcome
+from .base import Middleware, Outcome, Settled
 from .dedup import Deduplicate, DedupStore, MemoryDedupStore
 from .retries import Retries
 
-__all__ = ["DedupStore", "Deduplicate", "MemoryDedupStore", "Middleware", "Outcome", "Retries"]
+__all__ = [
+    "DedupStore",
+    "Deduplicate",
+    "MemoryDedupStore",
+    "Middleware",
+    "Outcome",
+    "Retries",
+    "Settled",
+]

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from ..context import Context
+    from ..transport import Delivery
 
-__all__ = ["Middleware", "Outcome", "overrides"]
+__all__ = ["Middleware", "Outcome", "Settled", "overrides"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,26 @@ class Outcome:
 _ACK = Outcome("ack")
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What became of a delivery, for the `on_settle` hook.
+
+    `kind` is what was carried out: "ack", "retry", "dead_letter", or "handed_back"
+    (its follow-up could not be confirmed, and it goes back to its queue). `queue` is
+    the work queue; `started_at` (epoch seconds) and `duration` (seconds) are the
+    handler's, None when no handler ran (a body that did not decode).
+    """
+
+    delivery: Delivery
+    queue: str
+    kind: Literal["ack", "retry", "dead_letter", "handed_back"]
+    error: BaseException | None = None
+    delay_ms: int = 0
+    result: Any = None
+    started_at: float | None = None
+    duration: float | None = None
+
+
 class Middleware:
     """Base class; override the hooks you need (hooks left as they are cost nothing)."""
 
@@ -56,9 +77,10 @@ class Middleware:
     async def after_process(self, ctx: Context, result: Any, error: BaseException | None) -> None:
         """Called after the handler with its result or error; may change `ctx.outcome`."""
 
-    async def after_settle(self, ctx: Context, outcome: Outcome) -> None:
-        """Called once the delivery was settled: its follow-ups confirmed and it was
-        acked. `outcome` is what was carried out."""
+    async def on_settle(self, ctx: Context | None, settled: Settled) -> None:
+        """Called once the outcome's follow-ups are confirmed, just before the ack (or
+        before the nack of a delivery handed back). `ctx` is None for a delivery no
+        handler saw (it did not decode)."""
 
     async def on_worker_stop(self) -> None:
         """Called once when a worker stops."""

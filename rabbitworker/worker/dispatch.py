@@ -176,8 +176,8 @@ class Dispatcher:
     async def _handle(self, held: Held) -> None:
         held.started = True
         delivery = held.delivery
-        outcome, result = await self.processor.process(delivery, held.queue)
-        done = await self.settlement.settle(delivery, held.queue, outcome, result)
+        processed = await self.processor.process(delivery, held.queue)
+        done = await self.settlement.settle(delivery, held.queue, processed)
         if done != "handed_back":
             self.handled += 1
 
@@ -213,19 +213,8 @@ class Dispatcher:
                 await delivery.nack(requeue=True)
 
     def channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
-        """Log what a lost consuming channel means for the messages held on it."""
-        on_it = [
-            h
-            for h in self.held.values()
-            if h.delivery.queue == queue and _channel_closed(h.delivery)
-        ]
-        for h in on_it:
-            # Known now, not when its handler ends: the broker may deliver it again
-            # (on the restored channel) while that handler still runs.
-            self.suspects.returned(h.delivery)
-        on_it += self._lost.pop(queue, ())
-        for message_id in self._settled.pop(queue, ()):
-            self.suspects.returned_id(message_id)
+        """Account for the messages a lost consuming channel held, and log it."""
+        on_it = self._returned_with(queue)
         running = [h.delivery.message_id for h in on_it if h.started]
         if by_broker:
             log.warning(
@@ -246,6 +235,23 @@ class Dispatcher:
                 len(running),
                 len(on_it) - len(running),
             )
+
+    def _returned_with(self, queue: str) -> list[Held]:
+        """Mark what the lost channel of `queue` held as returned (the broker delivers
+        it again, and that is not a crash); the held deliveries, for the log."""
+        on_it = [
+            h
+            for h in self.held.values()
+            if h.delivery.queue == queue and _channel_closed(h.delivery)
+        ]
+        for h in on_it:
+            # Known now, not when its handler ends: the broker may deliver it again
+            # (on the restored channel) while that handler still runs.
+            self.suspects.returned(h.delivery)
+        on_it += self._lost.pop(queue, ())
+        for message_id in self._settled.pop(queue, ()):
+            self.suspects.returned_id(message_id)
+        return on_it
 
 
 def _uncancel() -> None:

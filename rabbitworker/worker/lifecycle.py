@@ -14,6 +14,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
+from ..middleware import Middleware
+from ..results.middleware import ResultTracking
 from ..transport import Consumer
 from .dispatch import Dispatcher
 from .processing import Processor
@@ -77,6 +79,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
         self.exhausted = False
+        self.middleware: list[Middleware] = list(app.middleware)
 
     # -- starting -----------------------------------------------------------
 
@@ -93,15 +96,17 @@ class Worker:
                 max_abandoned=s.max_abandoned_threads,
                 on_exhausted=self._on_threads_exhausted,
             )
+        self.middleware = self._middleware()
         settlement = Settlement(
             session.transport,
             app.exchange,
             queue_type=s.queue_type,
             max_message_size=s.max_message_size,
+            middleware=self.middleware,
         )
         processor = Processor(
             app.registry,
-            app.middleware,
+            self.middleware,
             publish=session.producer.publish,
             max_message_size=s.max_message_size,
             threads=self._threads,
@@ -117,7 +122,7 @@ class Worker:
             prefetch=self.prefetch,
         )
         suspects.on_moved = self._suspects_moved
-        for middleware in app.middleware:
+        for middleware in self.middleware:
             await middleware.on_worker_start()
         for name in self.queues:
             await self._consume(name)
@@ -135,6 +140,13 @@ class Worker:
             self.prefetch,
             self.concurrency,
         )
+
+    def _middleware(self) -> list[Middleware]:
+        """The app's middleware, then what this worker adds for the app's features
+        (results tracking when it has a results store)."""
+        tracker = self.app.session.tracker
+        extra: list[Middleware] = [ResultTracking(tracker)] if tracker is not None else []
+        return [*self.app.middleware, *extra]
 
     async def _consume(self, queue: str) -> None:
         dispatch = self._dispatch
@@ -284,7 +296,6 @@ class Worker:
         for consumer in self._consumers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.cancel(), CANCEL_TIMEOUT_S)
-        started = bool(self._consumers)
         self._consumers.clear()
         # A suspect being handled is waited for like a running handler.
         taking = {t for t in (i.stop() for i in self._intakes.values()) if t is not None}
@@ -293,8 +304,11 @@ class Worker:
             await self._drain(dispatch, taking)
         if self._watchdog is not None:
             self._watchdog.stop()
+        await self._close()
+
+    async def _close(self) -> None:
         close_timeout = FORCED_CLOSE_TIMEOUT_S if self.forced else CLOSE_TIMEOUT_S
-        for middleware in reversed(self.app.middleware):
+        for middleware in reversed(self.middleware):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(middleware.on_worker_stop(), close_timeout)
         try:
@@ -309,8 +323,6 @@ class Worker:
                     self._threads.busy,
                 )
             self._threads.shutdown()
-        if not started:
-            return
 
     async def _drain(self, dispatch: Dispatcher, taking: set[asyncio.Task[None]]) -> None:
         dispatch.consumers_cancelled.set()

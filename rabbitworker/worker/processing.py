@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..context import Context, Publish
@@ -18,9 +20,22 @@ from ..transport import Delivery
 from ..wire import attempt_of, check_size, new_message_id
 from .threads import SyncThreads
 
-__all__ = ["Processor"]
+__all__ = ["Processed", "Processor"]
 
 log = logging.getLogger("rabbitworker.worker")
+
+
+@dataclass(slots=True)
+class Processed:
+    """A delivery's outcome and what led to it: the handler's result, its context,
+    when it started (epoch seconds) and how long it ran; no context and no times
+    when no handler ran."""
+
+    outcome: Outcome
+    result: Any = None
+    ctx: Context | None = None
+    started_at: float | None = None
+    duration: float | None = None
 
 
 class Processor:
@@ -43,7 +58,7 @@ class Processor:
         self._before = [m for m in middleware if overrides(m, "before_process")]
         self._after = [m for m in reversed(middleware) if overrides(m, "after_process")]
 
-    async def process(self, delivery: Delivery, queue: str) -> tuple[Outcome, Any]:
+    async def process(self, delivery: Delivery, queue: str) -> Processed:
         """The outcome of `delivery` (consumed from `queue`) and its handler's result."""
         if not delivery.properties.message_id:
             # A producer that sent none (another language's client): the id given here
@@ -60,7 +75,7 @@ class Processor:
             msg = decode_body(task.message_type, delivery.body)
         except RabbitWorkerError as exc:
             log.error("message %s on %s cannot be handled: %s", delivery.message_id, queue, exc)
-            return Outcome.dead_letter(exc), None
+            return Processed(Outcome.dead_letter(exc))
         ctx = Context(
             task=task,
             queue=queue,
@@ -72,12 +87,14 @@ class Processor:
             correlation_id=delivery.properties.correlation_id,
             reply_to=delivery.properties.reply_to,
             redelivered=delivery.redelivered,
+            published_at=delivery.properties.timestamp,
         )
         return await self._run(task, msg, ctx)
 
-    async def _run(self, task: Task, msg: Any, ctx: Context) -> tuple[Outcome, Any]:
+    async def _run(self, task: Task, msg: Any, ctx: Context) -> Processed:
         result: Any = None
         error: BaseException | None = None
+        started_at, started = time.time(), time.perf_counter()
         try:
             for m in self._before:
                 await m.before_process(ctx)
@@ -85,6 +102,7 @@ class Processor:
                 result = await self._call(task, msg, ctx)
         except Exception as exc:
             error = exc
+        duration = time.perf_counter() - started
         if ctx.outcome is None:
             ctx.outcome = Outcome.ack() if error is None else Outcome.dead_letter(error)
         for m in self._after:
@@ -94,7 +112,7 @@ class Processor:
                 log.exception(
                     "middleware %s failed on message %s", type(m).__name__, ctx.message_id
                 )
-        return ctx.outcome, result
+        return Processed(ctx.outcome, result, ctx, started_at, duration)
 
     async def _call(self, task: Task, msg: Any, ctx: Context) -> Any:
         args = (msg, ctx) if task.takes_context else (msg,)

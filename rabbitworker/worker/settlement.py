@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from ..errors import (
     ConnectionFailed,
@@ -24,7 +23,7 @@ from ..errors import (
     UnroutableError,
 )
 from ..message import encode_reply
-from ..middleware.base import Outcome
+from ..middleware.base import Middleware, Outcome, Settled, overrides
 from ..rpc import error_reply_body
 from ..topology import (
     QueueType,
@@ -42,6 +41,7 @@ from ..wire import (
     error_type,
     reply_properties,
 )
+from .processing import Processed
 
 __all__ = ["FollowUpRefused", "Settlement", "is_transient"]
 
@@ -108,17 +108,22 @@ class Settlement:
         *,
         queue_type: QueueType,
         max_message_size: int,
+        middleware: Sequence[Middleware] = (),
         returned: Callable[[Delivery], None] = lambda _: None,
     ) -> None:
         self.transport = transport
         self.returned = returned  # told before a delivery is handed back
+        # Hooks left as the base class's no-ops are not called at all.
+        self._on_settle = [m for m in middleware if overrides(m, "on_settle")]
         self.exchange = exchange
         self.queue_type = queue_type
         self.max_message_size = max_message_size
 
-    async def settle(self, delivery: Delivery, queue: str, outcome: Outcome, result: Any) -> str:
-        """Publish what `outcome` needs, wait for the confirms, then ack. Returns
-        what was done: "ack", "retry", "dead_letter" or "handed_back"."""
+    async def settle(self, delivery: Delivery, queue: str, processed: Processed) -> str:
+        """Publish what the outcome needs, wait for the confirms, tell the `on_settle`
+        hooks, then ack. Returns what was done: "ack", "retry", "dead_letter" or
+        "handed_back"."""
+        outcome, result = processed.outcome, processed.result
         reply: bytes | None = None
         if outcome.kind == "ack" and delivery.properties.reply_to:
             try:
@@ -132,12 +137,13 @@ class Settlement:
             await self._follow_up(delivery, queue, outcome, reply)
         except Exception as exc:
             if is_transient(exc):
-                return await self._hand_back(delivery, queue, exc)
+                return await self._hand_back(delivery, queue, exc, processed)
             # Refused for good: trying again would fail the same way.
             refused = await self._dead_letter_refused(delivery, queue, outcome, exc)
             if refused is None:
-                return await self._hand_back(delivery, queue, exc)
+                return await self._hand_back(delivery, queue, exc, processed)
             outcome = refused
+        await self._announce(processed, delivery, queue, outcome)
         try:
             await delivery.ack()
         except Exception as exc:
@@ -149,7 +155,34 @@ class Settlement:
             )
         return outcome.kind
 
-    async def _hand_back(self, delivery: Delivery, queue: str, error: BaseException) -> str:
+    async def _announce(
+        self, processed: Processed, delivery: Delivery, queue: str, outcome: Outcome | None
+    ) -> None:
+        """Tell the `on_settle` hooks; one that fails is logged, not raised."""
+        if not self._on_settle:
+            return
+        settled = Settled(
+            delivery,
+            queue,
+            outcome.kind if outcome is not None else "handed_back",
+            outcome.error if outcome is not None else processed.outcome.error,
+            outcome.delay_ms if outcome is not None else 0,
+            processed.result,
+            processed.started_at,
+            processed.duration,
+        )
+        for m in self._on_settle:
+            try:
+                await m.on_settle(processed.ctx, settled)
+            except Exception:
+                log.exception(
+                    "middleware %s failed on message %s", type(m).__name__, delivery.message_id
+                )
+
+    async def _hand_back(
+        self, delivery: Delivery, queue: str, error: BaseException, processed: Processed
+    ) -> str:
+        await self._announce(processed, delivery, queue, None)
         log.error(
             "message %s on %s: follow-up publish failed (%s); returning it to the queue",
             delivery.message_id,
