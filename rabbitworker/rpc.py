@@ -21,6 +21,12 @@ __all__ = ["PendingReply", "RPCClient", "decode_reply", "error_reply_body"]
 
 log = logging.getLogger("rabbitworker.rpc")
 
+# submit() is bounded by the publish timeout, which the publish (and the reply
+# consumer's start, by the connect timeout) keeps itself, saying why: connection lost,
+# not confirmed, broker blocking publishers. The outer bound, this much later, is a
+# backstop for their sum.
+_SUBMIT_SLACK_S = 0.5
+
 
 def error_reply_body(error: BaseException) -> bytes:
     """The body of an error reply: the remote exception's type and message."""
@@ -164,7 +170,7 @@ class RPCClient:
         publish timeout."""
         correlation_id, future = self._expect()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout + _SUBMIT_SLACK_S):
                 message_id = await self._send(msg, correlation_id, retry)
         except TimeoutError:
             self._waiting.pop(correlation_id, None)

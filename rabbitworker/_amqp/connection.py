@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aio_pika
-import aiormq.exceptions
 from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
 
 from ..errors import ConnectionFailed, RabbitWorkerError
 from ..urls import BrokerURL
@@ -29,17 +29,13 @@ log = logging.getLogger("rabbitworker.connection")
 RECONNECT_INTERVAL = 1.0
 _RETRY_PAUSE = 0.1
 _MAX_PAUSE = 2.0
+# One attempt may take at most this long (a broker that accepts and never answers),
+# so that a broker that comes back is tried again before the connect timeout.
+_ATTEMPT_TIMEOUT = 5.0
+_LAST_ATTEMPT = 0.05  # less time than this left: no attempt could succeed
 
 
 def _connect_error(exc: BaseException, where: str) -> RabbitWorkerError:
-    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
-        # The broker answered connection.open with a close: no such vhost, or the
-        # user may not use it. aiormq keeps only the frame's repr, not its text.
-        return ConnectionFailed(
-            f"{where}: the broker refused to open the vhost (it does not exist, or the "
-            "user has no permission on it)",
-            permanent=True,
-        )
     error = translate(exc, Op.CONNECT, where)
     return error if error is not None else ConnectionFailed(f"{where}: {broker_text(exc)}")
 
@@ -61,26 +57,44 @@ async def connect(
         attempt += 1
         remaining = deadline - time.monotonic()
         try:
-            connection: AbstractRobustConnection = await aio_pika.connect_robust(
-                target,
-                timeout=max(0.5, min(remaining, 5.0)),
-                client_properties={"connection_name": name},
-                heartbeat=heartbeat,
-                **_reconnect_options(url),
+            connection = await _attempt(
+                target, min(remaining, _ATTEMPT_TIMEOUT), heartbeat, name, url
             )
             return connection
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the library raises many kinds; all mean "not connected"
             error = _connect_error(exc, where)
             if isinstance(error, ConnectionFailed) and error.permanent:
                 raise error from None
-            if time.monotonic() + pause >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining < _LAST_ATTEMPT:
                 reason = str(error).removeprefix(f"{where}: ")
                 raise ConnectionFailed(f"{where} within {timeout:g} s: {reason}") from None
-            log.debug("%s; trying again in %.1f s", error, pause)
-            await asyncio.sleep(pause)
+            # The last pause ends at the deadline, for one more attempt right then.
+            wait = min(pause, remaining - _LAST_ATTEMPT)
+            log.debug("%s; trying again in %.1f s", error, wait)
+            await asyncio.sleep(wait)
             pause = min(pause * 2, _MAX_PAUSE)
+
+
+async def _attempt(
+    target: str, timeout: float, heartbeat: int, name: str, url: BrokerURL
+) -> AbstractRobustConnection:
+    """One connection attempt, as `aio_pika.connect_robust` makes it, but closed when it
+    fails or is cancelled: aio-pika would go on reconnecting in the background, or
+    close it when garbage-collected, on whatever event loop runs then."""
+    options: dict[str, Any] = {"heartbeat": heartbeat, **_reconnect_options(url)}
+    connection = aio_pika.RobustConnection(
+        make_url(target, **options), client_properties={"connection_name": name}, **options
+    )
+    try:
+        # Bounded here too: the deadline holds whichever step of the handshake the
+        # broker stops answering in.
+        async with asyncio.timeout(timeout):
+            await connection.connect(timeout=timeout)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
 
 
 def _reconnect_options(url: BrokerURL) -> dict[str, Any]:
@@ -139,15 +153,22 @@ async def retry_across_reconnects(
 ) -> T:
     """Run a setup `step` (open a channel, declare, consume); if the connection
     drops meanwhile, wait for it to come back and run it again, for up to `timeout`
-    seconds in all. Raises `ConnectionFailed` when it is not back in time."""
+    seconds in all. Raises `ConnectionFailed` when it is not back in time, or the
+    broker does not answer in time."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await step()
+            # A robust channel waits for its answer without limit; we do not.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                return await step()
         except Exception as exc:
             error = translate(exc, Op.SETUP, what)
             if error is None:
                 raise
+            if isinstance(exc, TimeoutError):
+                raise ConnectionFailed(
+                    f"{what}: the broker did not answer within {timeout:g} s"
+                ) from exc
             remaining = deadline - time.monotonic()
             lost = isinstance(error, ConnectionFailed) and not error.permanent
             if not lost or remaining <= 0 or connection.is_closed:

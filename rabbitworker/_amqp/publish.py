@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from ..errors import ConnectionFailed, NotConfirmed, RabbitWorkerError
 from ..topology import REDECLARE_S, QueueSpec
 from ..wire import DIRECT_REPLY_TO, Properties
+from .connection import retry_across_reconnects
 from .declare import declare_queue
 from .errors import Op, translate
 from .properties import to_amqp
@@ -199,13 +200,11 @@ class ConfirmedChannel:
         if not force and last is not None and now - last < REDECLARE_S:
             return
         async with self._declare_lock:
-            try:
-                # A robust channel waits for a reconnect without limit; we do not.
-                async with asyncio.timeout(self.timeout):
-                    await declare_queue(self.channel, spec)
-            except Exception as exc:
-                error = translate(exc, Op.SETUP, f"declare {spec.name}")
-                if error is None:
-                    raise
-                raise error from exc
+            # Like a publish, it waits out a short outage, within the publish timeout.
+            await retry_across_reconnects(
+                self.connection,
+                f"declare {spec.name}",
+                lambda: declare_queue(self.channel, spec),
+                timeout=self.timeout,
+            )
             self._declared[spec.name] = now
