@@ -143,6 +143,12 @@ class RPCClient:
                 # "exception was never retrieved"; awaiting it still raises.
                 future.exception()
 
+    def _blocked_note(self) -> str:
+        # Only the AMQP transport can tell; a publish it blocks is the likely cause.
+        if getattr(self.transport, "blocked", False):
+            return ": the broker is blocking publishers (a memory or disk alarm on the broker)"
+        return ""
+
     @property
     def in_flight(self) -> int:
         return len(self._waiting)
@@ -176,6 +182,7 @@ class RPCClient:
             self._waiting.pop(correlation_id, None)
             raise RPCTimeout(
                 f"the request was not confirmed within {self.timeout:g} s (publish_timeout)"
+                f"{self._blocked_note()}"
             ) from None
         except BaseException:
             self._waiting.pop(correlation_id, None)
@@ -193,8 +200,10 @@ class RPCClient:
                 message = await future
         except TimeoutError:
             if confirmed:
-                raise RPCTimeout(f"no reply within {timeout:g} s") from None
-            raise RPCTimeout(f"the request was not confirmed within {timeout:g} s") from None
+                raise RPCTimeout(f"no reply within {timeout:.3g} s") from None
+            raise RPCTimeout(
+                f"the request was not confirmed within {timeout:.3g} s{self._blocked_note()}"
+            ) from None
         finally:
             self._waiting.pop(correlation_id, None)
         value: R = decode_reply(message, type(msg).reply_type())

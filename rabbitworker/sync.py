@@ -54,6 +54,7 @@ class SyncClient:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._connecting_took = 0.0  # by the call that connected, read under the lock
 
     def _start(self, within: float | None) -> asyncio.AbstractEventLoop:
         # Called with self._lock held: one connection however many threads start it.
@@ -99,7 +100,13 @@ class SyncClient:
         with self._lock:
             if on is not None and on is not self._loop:
                 raise ConnectionFailed("the blocking client was closed since the request was sent")
-            loop = self._loop or self._start(connect_within)
+            loop = self._loop
+            if loop is None:
+                started = time.monotonic()
+                loop = self._start(connect_within)
+                self._connecting_took = time.monotonic() - started
+            else:
+                self._connecting_took = 0.0
             assert self._session is not None
             # Scheduled under the lock, so close() either sees this call or comes first.
             return asyncio.run_coroutine_threadsafe(make(self._session), loop), loop
@@ -129,10 +136,9 @@ class SyncClient:
 
     def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
         """Blocking `App.call`; `timeout` bounds connecting too, on the first use."""
-        deadline = time.monotonic() + timeout
 
         def call(s: Session) -> Coroutine[Any, Any, R]:
-            left = max(deadline - time.monotonic(), 0.001)
+            left = max(timeout - self._connecting_took, 0.001)
             return s.rpc.call(msg, timeout=left, retry=retry)
 
         return self._run(call, connect_within=timeout)

@@ -18,7 +18,14 @@ from ..errors import ConnectionFailed, RabbitWorkerError
 from ..urls import BrokerURL
 from .errors import Op, broker_text, translate
 
-__all__ = ["OutageReport", "connect", "quiet_reconnect_noise", "retry_across_reconnects"]
+__all__ = [
+    "BLOCKED",
+    "OutageReport",
+    "connect",
+    "is_blocked",
+    "quiet_reconnect_noise",
+    "retry_across_reconnects",
+]
 
 T = TypeVar("T")
 
@@ -32,7 +39,18 @@ _MAX_PAUSE = 2.0
 # One attempt may take at most this long (a broker that accepts and never answers),
 # so that a broker that comes back is tried again before the connect timeout.
 _ATTEMPT_TIMEOUT = 5.0
-_LAST_ATTEMPT = 0.05  # less time than this left: no attempt could succeed
+_LAST_ATTEMPT = 0.25  # less time than this left: not worth another attempt
+
+BLOCKED = "the broker is blocking publishers (a memory or disk alarm on the broker)"
+
+
+def is_blocked(connection: AbstractRobustConnection) -> bool:
+    """Whether the broker told this connection it blocks publishers (a memory or
+    disk alarm). aiormq keeps that in a private event: read here alone."""
+    transport = connection.transport
+    underlay = getattr(transport, "connection", None)
+    event = getattr(underlay, "_Connection__connection_unblocked", None)
+    return isinstance(event, asyncio.Event) and not event.is_set()
 
 
 def _connect_error(exc: BaseException, where: str) -> RabbitWorkerError:
@@ -52,6 +70,7 @@ async def connect(
     pause = _RETRY_PAUSE
     where = f"cannot connect to {url.masked}"
     attempt = 0
+    reason = ""
     while True:
         target = url.url_for(attempt % len(url.hosts))
         attempt += 1
@@ -65,9 +84,12 @@ async def connect(
             error = _connect_error(exc, where)
             if isinstance(error, ConnectionFailed) and error.permanent:
                 raise error from None
+            # A refusal or a failed handshake says more than a timeout (which may
+            # only mean that the last attempt had little time).
+            if not reason or not isinstance(exc, TimeoutError):
+                reason = str(error).removeprefix(f"{where}: ")
             remaining = deadline - time.monotonic()
             if remaining < _LAST_ATTEMPT:
-                reason = str(error).removeprefix(f"{where}: ")
                 raise ConnectionFailed(f"{where} within {timeout:g} s: {reason}") from None
             # The last pause ends at the deadline, for one more attempt right then.
             wait = min(pause, remaining - _LAST_ATTEMPT)
@@ -166,9 +188,10 @@ async def retry_across_reconnects(
             if error is None:
                 raise
             if isinstance(exc, TimeoutError):
-                raise ConnectionFailed(
-                    f"{what}: the broker did not answer within {timeout:g} s"
-                ) from exc
+                # A blocked connection is not read from at all, declares included.
+                blocked = is_blocked(connection)
+                why = f"{BLOCKED}; no answer" if blocked else "the broker did not answer"
+                raise ConnectionFailed(f"{what}: {why} within {timeout:g} s") from exc
             remaining = deadline - time.monotonic()
             lost = isinstance(error, ConnectionFailed) and not error.permanent
             if not lost or remaining <= 0 or connection.is_closed:

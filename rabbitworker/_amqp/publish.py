@@ -15,25 +15,16 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from ..errors import ConnectionFailed, NotConfirmed, RabbitWorkerError
 from ..topology import REDECLARE_S, QueueSpec
 from ..wire import DIRECT_REPLY_TO, Properties
-from .connection import retry_across_reconnects
+from .connection import BLOCKED, is_blocked, retry_across_reconnects
 from .declare import declare_queue
 from .errors import Op, translate
 from .properties import to_amqp
 
-__all__ = ["ConfirmedChannel", "is_blocked"]
+__all__ = ["ConfirmedChannel"]
 
 log = logging.getLogger("rabbitworker.publisher")
 
 _RESEND_PAUSE = 0.05
-
-
-def is_blocked(connection: AbstractRobustConnection) -> bool:
-    """Whether the broker told this connection it blocks publishers (a memory or
-    disk alarm). aiormq keeps that in a private event: read here alone."""
-    transport = connection.transport
-    underlay = getattr(transport, "connection", None)
-    event = getattr(underlay, "_Connection__connection_unblocked", None)
-    return isinstance(event, asyncio.Event) and not event.is_set()
 
 
 def _where(exchange: str, routing_key: str) -> str:
@@ -65,10 +56,7 @@ class ConfirmedChannel:
         error = translate(exc, Op.PUBLISH, where)
         blocked = isinstance(exc, TimeoutError) and is_blocked(self.connection)
         if isinstance(error, NotConfirmed) and blocked:
-            return NotConfirmed(
-                f"{where}: the broker is blocking publishers (a memory or disk alarm "
-                f"on the broker); not confirmed within {self.timeout:g} s"
-            )
+            return NotConfirmed(f"{where}: {BLOCKED}; not confirmed within {self.timeout:g} s")
         if self._closed.is_set() and isinstance(error, ConnectionFailed | None):
             return ConnectionFailed(f"{where}: the app was closed before the broker confirmed")
         return error

@@ -19,11 +19,11 @@ from ..transport import Consumer, Delivery, OnChannelClosed, OnDelivery, QueueIn
 from ..urls import BrokerURL, parse_broker_url
 from ..wire import DIRECT_REPLY_TO, Properties
 from .acks import AckBatcher
-from .connection import OutageReport, connect, retry_across_reconnects
+from .connection import OutageReport, connect, is_blocked, retry_across_reconnects
 from .consume import AmqpConsumer, to_delivery
 from .declare import declare
 from .errors import Op, broker_text, reraise, translate
-from .publish import ConfirmedChannel, is_blocked
+from .publish import ConfirmedChannel
 
 __all__ = ["AmqpTransport"]
 
