@@ -199,10 +199,11 @@ class RPCClient:
                 confirmed = True
                 message = await future
         except TimeoutError:
+            within = f"within {round(timeout, 3):g} s"  # the blocking client's may be computed
             if confirmed:
-                raise RPCTimeout(f"no reply within {timeout:.3g} s") from None
+                raise RPCTimeout(f"no reply {within}") from None
             raise RPCTimeout(
-                f"the request was not confirmed within {timeout:.3g} s{self._blocked_note()}"
+                f"the request was not confirmed {within}{self._blocked_note()}"
             ) from None
         finally:
             self._waiting.pop(correlation_id, None)

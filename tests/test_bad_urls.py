@@ -5,6 +5,7 @@ and as RABBITWORKER_URL, to `run` and to `publish`."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import statistics
@@ -12,11 +13,13 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
 from cli_process import Run, rabbitworker
+from conftest import APPS, ROOT
 
 # Long, so that failing "at once" cannot be mistaken for giving up at the deadline.
 PERMANENT_CONNECT_TIMEOUT = 20.0
@@ -208,3 +211,41 @@ def test_a_password_with_slash_question_mark_hash_at_and_percent_connects_when_e
     assert published.code == 0, published.output
     assert uuid.UUID(published.stdout.strip())
     assert users.marker not in published.output
+
+
+BUGGY_APP = """
+from rabbitworker import App, TaskMessage
+
+app = App("buggy", exchange="rwt-buggy.x")
+
+
+class Note(TaskMessage, routing_key="buggy.note"):
+    n: int
+
+
+app.register(Note)
+
+
+def broken(app, settings):
+    raise RuntimeError(f"a bug that quotes {settings.url}")
+
+
+app.transport_factory = broken
+"""
+
+
+def test_a_bug_prints_its_traceback_with_the_password_masked_and_exits_1(
+    tmp_path: Path, users: Users
+) -> None:
+    (tmp_path / "buggy_app.py").write_text(BUGGY_APP)
+    path = os.pathsep.join([str(ROOT), str(APPS), str(tmp_path)])
+
+    run = rabbitworker(
+        "publish", "buggy.note", '{"n": 1}', "--app", "buggy_app:app", "--url", users.url(),
+        env={"PYTHONPATH": path},
+    )  # fmt: skip
+
+    assert run.code == 1, run.output
+    assert "Traceback" in run.stderr
+    assert f"RuntimeError: a bug that quotes amqp://{users.user}:***@" in run.stderr
+    assert users.marker not in run.output

@@ -5,6 +5,7 @@ outage reported once, in rabbitworker's words, however long it lasts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -114,7 +115,8 @@ async def _attempt(
         async with asyncio.timeout(timeout):
             await connection.connect(timeout=timeout)
     except BaseException:
-        await connection.close()
+        with contextlib.suppress(Exception):  # the reason it failed is what matters
+            await connection.close()
         raise
     return connection
 
