@@ -21,6 +21,12 @@ __all__ = ["PendingReply", "RPCClient", "decode_reply", "error_reply_body"]
 
 log = logging.getLogger("rabbitworker.rpc")
 
+# submit() is bounded by the publish timeout, which the publish (and the reply
+# consumer's start, by the connect timeout) keeps itself, saying why: connection lost,
+# not confirmed, broker blocking publishers. The outer bound, this much later, is a
+# backstop for their sum.
+_SUBMIT_SLACK_S = 0.5
+
 
 def error_reply_body(error: BaseException) -> bytes:
     """The body of an error reply: the remote exception's type and message."""
@@ -137,6 +143,12 @@ class RPCClient:
                 # "exception was never retrieved"; awaiting it still raises.
                 future.exception()
 
+    def _blocked_note(self) -> str:
+        # Only the AMQP transport can tell; a publish it blocks is the likely cause.
+        if getattr(self.transport, "blocked", False):
+            return ": the broker is blocking publishers (a memory or disk alarm on the broker)"
+        return ""
+
     @property
     def in_flight(self) -> int:
         return len(self._waiting)
@@ -164,12 +176,13 @@ class RPCClient:
         publish timeout."""
         correlation_id, future = self._expect()
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout + _SUBMIT_SLACK_S):
                 message_id = await self._send(msg, correlation_id, retry)
         except TimeoutError:
             self._waiting.pop(correlation_id, None)
             raise RPCTimeout(
                 f"the request was not confirmed within {self.timeout:g} s (publish_timeout)"
+                f"{self._blocked_note()}"
             ) from None
         except BaseException:
             self._waiting.pop(correlation_id, None)
@@ -186,9 +199,12 @@ class RPCClient:
                 confirmed = True
                 message = await future
         except TimeoutError:
+            within = f"within {round(timeout, 3):g} s"  # the blocking client's may be computed
             if confirmed:
-                raise RPCTimeout(f"no reply within {timeout:g} s") from None
-            raise RPCTimeout(f"the request was not confirmed within {timeout:g} s") from None
+                raise RPCTimeout(f"no reply {within}") from None
+            raise RPCTimeout(
+                f"the request was not confirmed {within}{self._blocked_note()}"
+            ) from None
         finally:
             self._waiting.pop(correlation_id, None)
         value: R = decode_reply(message, type(msg).reply_type())

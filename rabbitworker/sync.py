@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import threading
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import CancelledError, Future
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from .errors import ConfigurationError, ConnectionFailed
+from .errors import ConfigurationError, ConnectionFailed, RPCTimeout
 from .message import R, TaskMessage
 from .rpc import PendingReply
 
@@ -56,8 +57,9 @@ class SyncClient:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._connecting_took = 0.0  # by the call that connected, read under the lock
 
-    def _start(self) -> asyncio.AbstractEventLoop:
+    def _start(self, within: float | None) -> asyncio.AbstractEventLoop:
         # Called with self._lock held: one connection however many threads start it.
         loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -66,14 +68,24 @@ class SyncClient:
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             loop.run_forever()
+            # Here, on the loop's own thread: close() may be called from a thread that
+            # runs an event loop of its own (an async app closing its blocking client).
+            loop.run_until_complete(_cancel_the_rest())
+            loop.close()
 
         thread = threading.Thread(target=run, name="rabbitworker-sync-client", daemon=True)
         thread.start()
         ready.wait()
         from .session import Session
 
+        opening = asyncio.run_coroutine_threadsafe(Session.open(self._app), loop)
         try:
-            self._session = asyncio.run_coroutine_threadsafe(Session.open(self._app), loop).result()
+            self._session = opening.result(timeout=within)
+        except TimeoutError:
+            # The caller's own timeout (a first call()), shorter than connect_timeout.
+            opening.cancel()
+            _stop(loop, thread)
+            raise RPCTimeout(f"not connected to the broker within {within:g} s") from None
         except BaseException:
             _stop(loop, thread)
             raise
@@ -85,11 +97,19 @@ class SyncClient:
         self,
         make: Callable[[Session], Coroutine[Any, Any, T]],
         on: asyncio.AbstractEventLoop | None,
+        *,
+        connect_within: float | None = None,
     ) -> tuple[Future[T], asyncio.AbstractEventLoop]:
         with self._lock:
             if on is not None and on is not self._loop:
                 raise ConnectionFailed("the blocking client was closed since the request was sent")
-            loop = self._loop or self._start()
+            loop = self._loop
+            if loop is None:
+                started = time.monotonic()
+                loop = self._start(connect_within)
+                self._connecting_took = time.monotonic() - started
+            else:
+                self._connecting_took = 0.0
             assert self._session is not None
             # Scheduled under the lock, so close() either sees this call or comes first.
             return asyncio.run_coroutine_threadsafe(make(self._session), loop), loop
@@ -99,8 +119,9 @@ class SyncClient:
         make: Callable[[Session], Coroutine[Any, Any, T]],
         *,
         on: asyncio.AbstractEventLoop | None = None,
+        connect_within: float | None = None,
     ) -> T:
-        future, _ = self._schedule(make, on)
+        future, _ = self._schedule(make, on, connect_within=connect_within)
         return _wait(future)
 
     def publish(
@@ -120,8 +141,13 @@ class SyncClient:
         )
 
     def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
-        """Blocking `App.call`."""
-        return self._run(lambda s: s.rpc.call(msg, timeout=timeout, retry=retry))
+        """Blocking `App.call`; `timeout` bounds connecting too, on the first use."""
+
+        def call(s: Session) -> Coroutine[Any, Any, R]:
+            left = max(timeout - self._connecting_took, 0.001)
+            return s.rpc.call(msg, timeout=left, retry=retry)
+
+        return self._run(call, connect_within=timeout)
 
     def submit(self, msg: TaskMessage[R], *, retry: bool = False) -> SyncPendingReply[R]:
         """Blocking `App.submit`; `.result(timeout)` on what it returns waits for the reply."""
@@ -168,13 +194,10 @@ def _wait(future: Future[T]) -> T:
 
 
 def _stop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
-    """Stop the loop's thread, then cancel what still runs on it, here, and close it."""
+    """Stop the loop; its thread then cancels what still runs on it and closes it."""
     loop.call_soon_threadsafe(loop.stop)
+    # A thread stuck in a blocking call is left behind: it is a daemon, gone at exit.
     thread.join(timeout=10)
-    if thread.is_alive():  # stuck in a blocking call; the daemon thread dies at exit
-        return
-    loop.run_until_complete(_cancel_the_rest())
-    loop.close()
 
 
 async def _cancel_the_rest() -> None:

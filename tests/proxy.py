@@ -9,6 +9,11 @@ From async code::
         proxy.cut()                      # drop every live connection
         proxy.cut(down="refuse")         # ...and refuse new ones until restore()
         await proxy.restore()
+        proxy.hold()                     # live connections go silent (a hung broker)
+        proxy.hold(on="Basic.Publish")   # ...each one as its client sends that method
+
+A held connection forwards nothing either way until `cut()` drops it, so a test can
+catch an operation in flight: hold on its method, wait for `proxy.held`, then cut.
 
 From a script, `python tests/proxy.py --target 127.0.0.1:5672` prints the port it
 listens on and cuts every connection on SIGUSR1.
@@ -20,14 +25,73 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import struct
+from collections.abc import Callable
 from types import TracebackType
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
+
+import pamqp.frame
 
 __all__ = ["Proxy"]
 
 DownMode = Literal["refuse", "stall"]
 _CHUNK = 256 * 1024
+_PROTOCOL_HEADER = 8  # "AMQP" and the protocol version, sent once by the client
+_FRAME_HEADER = struct.Struct(">BHI")  # type, channel, payload size; then the payload and 0xCE
+_METHOD_FRAME = 1
+
+
+class _Link:
+    """One forwarded connection. Splits what the client sends into AMQP frames, so the
+    connection can be held just before a given method reaches the broker."""
+
+    def __init__(self, hold_on: set[str], on_hold: Callable[[], None]) -> None:
+        self.held = False
+        self._hold_on = hold_on  # the proxy's set: a later hold(on=...) applies here too
+        self._on_hold = on_hold
+        self._pending = b""
+        self._header_seen = False
+        self._raw = False  # not AMQP (a Redis, say): forwarded as it comes
+
+    def hold(self) -> None:
+        if not self.held:
+            self.held = True
+            self._on_hold()
+
+    def from_broker(self, data: bytes) -> bytes:
+        return b"" if self.held else data
+
+    def from_client(self, data: bytes) -> bytes:
+        """The complete frames of `data` that may go on; nothing once held."""
+        if self.held:
+            return b""
+        if self._raw:
+            return data
+        buffer = self._pending + data
+        end = 0
+        if not self._header_seen:
+            if not b"AMQP".startswith(buffer[:4]):
+                self._raw, self._pending = True, b""
+                return buffer
+            if len(buffer) < _PROTOCOL_HEADER:
+                self._pending = buffer
+                return b""
+            self._header_seen, end = True, _PROTOCOL_HEADER
+        while len(buffer) - end >= _FRAME_HEADER.size:
+            kind, _, size = _FRAME_HEADER.unpack_from(buffer, end)
+            frame_end = end + _FRAME_HEADER.size + size + 1
+            if frame_end > len(buffer):
+                break
+            if kind == _METHOD_FRAME and self._hold_on:
+                _, _, frame = pamqp.frame.unmarshal(buffer[end:frame_end])
+                if frame.name in self._hold_on:
+                    self.hold()
+                    self._pending = b""
+                    return buffer[:end]
+            end = frame_end
+        self._pending = buffer[end:]
+        return buffer[:end]
 
 
 class Proxy:
@@ -43,6 +107,9 @@ class Proxy:
         self.port = port
         self.cuts = 0
         self.accepted = 0
+        self.held = 0  # connections held so far (see hold())
+        self._hold_on: set[str] = set()
+        self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
         self._down: DownMode | None = None
         self._live: set[asyncio.Task[None]] = set()
@@ -101,9 +168,24 @@ class Proxy:
         self._drop_all()
         return dropped
 
+    def hold(self, *, on: str | None = None) -> None:
+        """Stop forwarding, either way, on every live connection (a broker that hangs
+        mid-session); with `on` (an AMQP method such as "Basic.Publish"), on each
+        connection as its client sends that method, which the broker never sees.
+        Held connections stay open and silent until `cut()`; `restore()` ends `on`."""
+        if on is None:
+            for link in self._links:
+                link.hold()
+        else:
+            self._hold_on.add(on)
+
+    def _count_hold(self) -> None:
+        self.held += 1
+
     async def restore(self) -> None:
         """Accept and forward connections again."""
         self._down = None
+        self._hold_on.clear()
         self._drop_stalled()
         if self._server is None:
             await self.start()
@@ -135,12 +217,14 @@ class Proxy:
         assert task is not None
         self.accepted += 1
         self._live.add(task)
+        link = _Link(self._hold_on, self._count_hold)
+        self._links.add(link)
         upstream: asyncio.StreamWriter | None = None
         try:
             up_reader, upstream = await asyncio.open_connection(*self.target)
             pumps = [
-                asyncio.ensure_future(_pump(reader, upstream)),
-                asyncio.ensure_future(_pump(up_reader, writer)),
+                asyncio.ensure_future(_pump(reader, upstream, link.from_client)),
+                asyncio.ensure_future(_pump(up_reader, writer, link.from_broker)),
             ]
             try:
                 # Either side closing ends the whole connection.
@@ -153,6 +237,7 @@ class Proxy:
             pass
         finally:
             self._live.discard(task)
+            self._links.discard(link)
             # abort(), not close(): a cut must look like a dead link, not a polite FIN.
             writer.transport.abort()
             if upstream is not None:
@@ -171,10 +256,15 @@ class Proxy:
         await self.stop()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    passing: Callable[[bytes], bytes],
+) -> None:
     while data := await reader.read(_CHUNK):
-        writer.write(data)
-        await writer.drain()
+        if data := passing(data):
+            writer.write(data)
+            await writer.drain()
 
 
 async def _serve(target: str, port: int) -> None:

@@ -12,14 +12,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aio_pika
-import aiormq.exceptions
-from aio_pika.abc import AbstractRobustConnection, TimeoutType
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.connection import make_url
 
 from ..errors import ConnectionFailed, RabbitWorkerError
 from ..urls import BrokerURL
 from .errors import Op, broker_text, translate
 
-__all__ = ["OutageReport", "connect", "quiet_reconnect_noise", "retry_across_reconnects"]
+__all__ = [
+    "BLOCKED",
+    "OutageReport",
+    "connect",
+    "is_blocked",
+    "quiet_reconnect_noise",
+    "retry_across_reconnects",
+]
 
 T = TypeVar("T")
 
@@ -30,17 +37,24 @@ log = logging.getLogger("rabbitworker.connection")
 RECONNECT_INTERVAL = 1.0
 _RETRY_PAUSE = 0.1
 _MAX_PAUSE = 2.0
+# One attempt may take at most this long (a broker that accepts and never answers),
+# so that a broker that comes back is tried again before the connect timeout.
+_ATTEMPT_TIMEOUT = 5.0
+_LAST_ATTEMPT = 0.25  # less time than this left: not worth another attempt
+
+BLOCKED = "the broker is blocking publishers (a memory or disk alarm on the broker)"
+
+
+def is_blocked(connection: AbstractRobustConnection) -> bool:
+    """Whether the broker told this connection it blocks publishers (a memory or
+    disk alarm). aiormq keeps that in a private event: read here alone."""
+    transport = connection.transport
+    underlay = getattr(transport, "connection", None)
+    event = getattr(underlay, "_Connection__connection_unblocked", None)
+    return isinstance(event, asyncio.Event) and not event.is_set()
 
 
 def _connect_error(exc: BaseException, where: str) -> RabbitWorkerError:
-    if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
-        # The broker answered connection.open with a close: no such vhost, or the
-        # user may not use it. aiormq keeps only the frame's repr, not its text.
-        return ConnectionFailed(
-            f"{where}: the broker refused to open the vhost (it does not exist, or the "
-            "user has no permission on it)",
-            permanent=True,
-        )
     error = translate(exc, Op.CONNECT, where)
     return error if error is not None else ConnectionFailed(f"{where}: {broker_text(exc)}")
 
@@ -57,47 +71,54 @@ async def connect(
     pause = _RETRY_PAUSE
     where = f"cannot connect to {url.masked}"
     attempt = 0
+    reason = ""
     while True:
         target = url.url_for(attempt % len(url.hosts))
         attempt += 1
         remaining = deadline - time.monotonic()
         try:
-            connection: AbstractRobustConnection = await aio_pika.connect_robust(
-                target,
-                timeout=max(0.5, min(remaining, 5.0)),
-                client_properties={"connection_name": name},
-                heartbeat=heartbeat,
-                connection_class=_RobustConnection,
-                **_reconnect_options(url),
+            connection = await _attempt(
+                target, min(remaining, _ATTEMPT_TIMEOUT), heartbeat, name, url
             )
             return connection
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # the library raises many kinds; all mean "not connected"
             error = _connect_error(exc, where)
             if isinstance(error, ConnectionFailed) and error.permanent:
                 raise error from None
-            if time.monotonic() + pause >= deadline:
+            # A refusal or a failed handshake says more than a timeout (which may
+            # only mean that the last attempt had little time).
+            if not reason or not isinstance(exc, TimeoutError):
                 reason = str(error).removeprefix(f"{where}: ")
+            remaining = deadline - time.monotonic()
+            if remaining < _LAST_ATTEMPT:
                 raise ConnectionFailed(f"{where} within {timeout:g} s: {reason}") from None
-            log.debug("%s; trying again in %.1f s", error, pause)
-            await asyncio.sleep(pause)
+            # The last pause ends at the deadline, for one more attempt right then.
+            wait = min(pause, remaining - _LAST_ATTEMPT)
+            log.debug("%s; trying again in %.1f s", error, wait)
+            await asyncio.sleep(wait)
             pause = min(pause * 2, _MAX_PAUSE)
 
 
-class _RobustConnection(aio_pika.RobustConnection):
-    """Closes itself when its first connect fails or is cancelled. aio-pika leaves
-    the reconnect task running otherwise: one cancelled mid-handshake (a SIGTERM
-    while the worker starts) swallows the cancel and keeps the event loop, and so
-    the process, from ever finishing."""
-
-    async def connect(self, timeout: TimeoutType = None) -> None:
-        try:
-            await super().connect(timeout)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self.close())
-            raise
+async def _attempt(
+    target: str, timeout: float, heartbeat: int, name: str, url: BrokerURL
+) -> AbstractRobustConnection:
+    """One connection attempt, as `aio_pika.connect_robust` makes it, but closed when it
+    fails or is cancelled: aio-pika would go on reconnecting in the background, or
+    close it when garbage-collected, on whatever event loop runs then."""
+    options: dict[str, Any] = {"heartbeat": heartbeat, **_reconnect_options(url)}
+    connection = aio_pika.RobustConnection(
+        make_url(target, **options), client_properties={"connection_name": name}, **options
+    )
+    try:
+        # Bounded here too: the deadline holds whichever step of the handshake the
+        # broker stops answering in.
+        async with asyncio.timeout(timeout):
+            await connection.connect(timeout=timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the reason it failed is what matters
+            await connection.close()
+        raise
+    return connection
 
 
 def _reconnect_options(url: BrokerURL) -> dict[str, Any]:
@@ -156,15 +177,23 @@ async def retry_across_reconnects(
 ) -> T:
     """Run a setup `step` (open a channel, declare, consume); if the connection
     drops meanwhile, wait for it to come back and run it again, for up to `timeout`
-    seconds in all. Raises `ConnectionFailed` when it is not back in time."""
+    seconds in all. Raises `ConnectionFailed` when it is not back in time, or the
+    broker does not answer in time."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return await step()
+            # A robust channel waits for its answer without limit; we do not.
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                return await step()
         except Exception as exc:
             error = translate(exc, Op.SETUP, what)
             if error is None:
                 raise
+            if isinstance(exc, TimeoutError):
+                # A blocked connection is not read from at all, declares included.
+                blocked = is_blocked(connection)
+                why = f"{BLOCKED}; no answer" if blocked else "the broker did not answer"
+                raise ConnectionFailed(f"{what}: {why} within {timeout:g} s") from exc
             remaining = deadline - time.monotonic()
             lost = isinstance(error, ConnectionFailed) and not error.permanent
             if not lost or remaining <= 0 or connection.is_closed:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
 from typing import Any
 
 import aiormq.exceptions as amqp
+from pamqp.commands import Connection
 
 from ..errors import (
     BrokerError,
@@ -20,7 +22,7 @@ from ..errors import (
     UnroutableError,
 )
 
-__all__ = ["TABLE", "Op", "broker_text", "translate"]
+__all__ = ["TABLE", "Op", "broker_text", "reraise", "translate"]
 
 
 class Op(enum.Enum):
@@ -32,7 +34,9 @@ class Op(enum.Enum):
     READ = "read"  # get, purge, inspect
 
 
-Mapper = Callable[[BaseException, Op, str], RabbitWorkerError]
+# None: not the library's doing after all; the exception goes through as it is.
+Mapper = Callable[[BaseException, Op, str], RabbitWorkerError | None]
+_LIBRARIES = ("aio_pika", "aiormq", "pamqp")
 
 
 def broker_text(exc: BaseException) -> str:
@@ -67,6 +71,39 @@ def _not_allowed(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
     return ConnectionFailed(f"{what}: the broker refused: {broker_text(exc)}", permanent=True)
 
 
+def _frames(tb: TracebackType | None) -> Iterator[FrameType]:
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
+
+
+def _refused_close(exc: BaseException) -> Connection.Close | None:
+    """The Connection.Close the broker sent instead of the frame aiormq expected.
+
+    aiormq puts only the frame's repr in its message, so its text is taken from the
+    frame itself, a local of the function that raised.
+    """
+    for frame in _frames(exc.__traceback__):
+        close = frame.f_locals.get("frame")
+        if isinstance(close, Connection.Close):
+            return close
+    return None
+
+
+def _unexpected_frame(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
+    close = _refused_close(exc)
+    if close is None and "Connection.Close" not in str(exc):
+        return _connection(exc, op, what)
+    # The broker answered connection.open with a close: no such vhost, or the user
+    # may not use it (its words say which), and trying again cannot change that.
+    reason = (
+        f": {close.reply_text}"
+        if close is not None and close.reply_text
+        else " (it does not exist, or the user has no permission on it)"
+    )
+    return ConnectionFailed(f"{what}: the broker refused to open the vhost{reason}", permanent=True)
+
+
 def _precondition(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
     return ConfigurationError(f"{what}: {broker_text(exc)}")
 
@@ -76,12 +113,25 @@ def _refused(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
 
 
 def _connection(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
-    return ConnectionFailed(f"{what}: {broker_text(exc)}")
+    if op is Op.CONNECT:
+        return ConnectionFailed(f"{what}: {broker_text(exc)}")
+    return ConnectionFailed(f"{what}: the connection to the broker was lost ({broker_text(exc)})")
 
 
 def _closed_channel(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
     # A RuntimeError, not an AMQPError: the channel is closed, as while reconnecting.
     return ConnectionFailed(f"{what}: the channel is closed (connection lost)")
+
+
+def _library_state(exc: BaseException, op: Op, what: str) -> RabbitWorkerError | None:
+    # aio-pika and aiormq raise plain RuntimeErrors for a connection or channel that
+    # is closed or not open yet ("... closed", "Connection is not ready"). One raised
+    # elsewhere is a bug, not a broker problem, and goes through.
+    frames = list(_frames(exc.__traceback__))
+    module = str(frames[-1].f_globals.get("__name__", "")) if frames else ""
+    if module.partition(".")[0] not in _LIBRARIES:
+        return None
+    return ConnectionFailed(f"{what}: the connection to the broker is closed or not open yet")
 
 
 def _timeout(exc: BaseException, op: Op, what: str) -> RabbitWorkerError:
@@ -97,6 +147,7 @@ TABLE: dict[type[BaseException], Mapper] = {
     amqp.ProbableAuthenticationError: _auth,
     amqp.AuthenticationError: _auth,
     amqp.ConnectionNotAllowed: _not_allowed,
+    amqp.InvalidFrameError: _unexpected_frame,
     amqp.ChannelPreconditionFailed: _precondition,
     amqp.ChannelAccessRefused: _refused,
     amqp.ChannelNotFoundEntity: _refused,
@@ -105,6 +156,7 @@ TABLE: dict[type[BaseException], Mapper] = {
     amqp.AMQPConnectionError: _connection,
     amqp.AMQPError: _connection,
     amqp.ChannelInvalidStateError: _closed_channel,
+    RuntimeError: _library_state,
     TimeoutError: _timeout,
     ConnectionError: _connection,
     OSError: _connection,

@@ -15,24 +15,16 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from ..errors import ConnectionFailed, NotConfirmed, RabbitWorkerError
 from ..topology import REDECLARE_S, QueueSpec
 from ..wire import DIRECT_REPLY_TO, Properties
+from .connection import BLOCKED, is_blocked, retry_across_reconnects
 from .declare import declare_apart
 from .errors import Op, translate
 from .properties import to_amqp
 
-__all__ = ["ConfirmedChannel", "is_blocked"]
+__all__ = ["ConfirmedChannel"]
 
 log = logging.getLogger("rabbitworker.publisher")
 
 _RESEND_PAUSE = 0.05
-
-
-def is_blocked(connection: AbstractRobustConnection) -> bool:
-    """Whether the broker told this connection it blocks publishers (a memory or
-    disk alarm). aiormq keeps that in a private event: read here alone."""
-    transport = connection.transport
-    underlay = getattr(transport, "connection", None)
-    event = getattr(underlay, "_Connection__connection_unblocked", None)
-    return isinstance(event, asyncio.Event) and not event.is_set()
 
 
 def _where(exchange: str, routing_key: str) -> str:
@@ -64,10 +56,7 @@ class ConfirmedChannel:
         error = translate(exc, Op.PUBLISH, where)
         blocked = isinstance(exc, TimeoutError) and is_blocked(self.connection)
         if isinstance(error, NotConfirmed) and blocked:
-            return NotConfirmed(
-                f"{where}: the broker is blocking publishers (a memory or disk alarm "
-                f"on the broker); not confirmed within {self.timeout:g} s"
-            )
+            return NotConfirmed(f"{where}: {BLOCKED}; not confirmed within {self.timeout:g} s")
         if self._closed.is_set() and isinstance(error, ConnectionFailed | None):
             return ConnectionFailed(f"{where}: the app was closed before the broker confirmed")
         return error
@@ -199,15 +188,15 @@ class ConfirmedChannel:
         if not force and last is not None and now - last < REDECLARE_S:
             return
         async with self._declare_lock:
-            try:
-                # A robust channel waits for a reconnect without limit; we do not.
-                async with asyncio.timeout(self.timeout):
-                    await self.channel.ready()
-                    underlay = await self.channel.get_underlay_channel()
-                    await declare_apart(underlay.connection, spec)
-            except Exception as exc:
-                error = translate(exc, Op.SETUP, f"declare {spec.name}")
-                if error is None:
-                    raise
-                raise error from exc
+
+            async def declare() -> None:
+                # On a channel of its own: a refusal (a queue that exists with other
+                # arguments) must not close the publishing channel and its confirms.
+                underlay = await self.channel.get_underlay_channel()
+                await declare_apart(underlay.connection, spec)
+
+            # Like a publish, it waits out a short outage, within the publish timeout.
+            await retry_across_reconnects(
+                self.connection, f"declare {spec.name}", declare, timeout=self.timeout
+            )
             self._declared[spec.name] = now

@@ -13,17 +13,17 @@ from typing import Any, TypeVar
 import aiormq
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
-from ..errors import ConnectionFailed
+from ..errors import BrokerError, ConnectionFailed
 from ..topology import QueueSpec, Topology
 from ..transport import Consumer, Delivery, OnChannelClosed, OnDelivery, QueueInfo
 from ..urls import BrokerURL, parse_broker_url
 from ..wire import DIRECT_REPLY_TO, Properties
 from .acks import AckBatcher
-from .connection import OutageReport, connect, retry_across_reconnects
+from .connection import OutageReport, connect, is_blocked, retry_across_reconnects
 from .consume import AmqpConsumer, to_delivery
 from .declare import declare
-from .errors import Op, broker_text, translate
-from .publish import ConfirmedChannel, is_blocked
+from .errors import Op, broker_text, reraise, translate
+from .publish import ConfirmedChannel
 
 __all__ = ["AmqpTransport"]
 
@@ -36,36 +36,52 @@ class _BrowseSettler:
     """Acks of messages taken with basic.get: each on its own, at once."""
 
     async def ack(self, delivery: Delivery) -> None:
-        await delivery.channel.basic_ack(delivery.tag)
+        try:
+            await delivery.channel.basic_ack(delivery.tag)
+        except Exception as exc:
+            reraise(exc, Op.READ, f"ack message {delivery.message_id}")
 
     async def nack(self, delivery: Delivery, *, requeue: bool) -> None:
-        await delivery.channel.basic_nack(delivery.tag, requeue=requeue)
+        try:
+            await delivery.channel.basic_nack(delivery.tag, requeue=requeue)
+        except Exception as exc:
+            reraise(exc, Op.READ, f"nack message {delivery.message_id}")
+
+
+async def _answer(what: str, request: Awaitable[T], *, timeout: float) -> T:
+    """`request`'s answer from the broker within `timeout` seconds; raises the
+    rabbitworker error for whatever goes wrong."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await request
+    except Exception as exc:
+        error = translate(exc, Op.READ, what)
+        if error is None:
+            raise
+        if isinstance(exc, TimeoutError):
+            error = ConnectionFailed(f"{what}: the broker did not answer within {timeout:g} s")
+        raise error from exc
 
 
 class _Browser:
-    def __init__(self, channel: aiormq.abc.AbstractChannel, queue: str) -> None:
+    def __init__(self, channel: aiormq.abc.AbstractChannel, queue: str, timeout: float) -> None:
         self.channel = channel
         self.queue = queue
+        self.timeout = timeout
         self._settler = _BrowseSettler()
 
     async def take(self, limit: int | None = None) -> list[Delivery]:
         taken: list[Delivery] = []
         while limit is None or len(taken) < limit:
-            try:
-                message = await self.channel.basic_get(self.queue, no_ack=False)
-            except Exception as exc:
-                _raise(exc, Op.READ, f"read {self.queue}")
+            message = await _answer(
+                f"read {self.queue}",
+                self.channel.basic_get(self.queue, no_ack=False),
+                timeout=self.timeout,
+            )
             if message.delivery is None or isinstance(message.delivery, aiormq.spec.Basic.GetEmpty):
                 break
             taken.append(to_delivery(message, self.queue, self._settler))
         return taken
-
-
-def _raise(exc: BaseException, op: Op, what: str) -> Any:
-    error = translate(exc, op, what)
-    if error is None:
-        raise exc
-    raise error from exc
 
 
 class AmqpTransport:
@@ -219,32 +235,52 @@ class AmqpTransport:
 
     @contextlib.asynccontextmanager
     async def browse(self, queue: str) -> AsyncIterator[_Browser]:
-        """Take messages unacked; closing the channel returns whatever was not acked."""
+        """Take messages unacked; closing the channel returns whatever was not acked.
+
+        Each request waits for the broker's answer for up to `publish_timeout`."""
+        channel = await self._raw_channel(f"read {queue}")
         try:
-            channel = await self.connection.transport.connection.channel()  # type: ignore[union-attr]
-        except Exception as exc:
-            _raise(exc, Op.READ, f"read {queue}")
-        try:
-            yield _Browser(channel, queue)
+            yield _Browser(channel, queue, self.publish_timeout)
         finally:
             if not channel.is_closed:
+                # A broker that stopped answering must not hold up the caller here.
                 with contextlib.suppress(Exception):
-                    await channel.close()
+                    async with asyncio.timeout(self.publish_timeout):
+                        await channel.close()
+
+    async def _raw_channel(self, what: str) -> aiormq.abc.AbstractChannel:
+        """A plain channel on the current underlying connection, not restored after a
+        reconnect (what browsing wants); during an outage, once the connection is back."""
+        connection, timeout = self.connection, self.publish_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await connection.ready()
+        except TimeoutError:
+            raise ConnectionFailed(
+                f"{what}: the connection to the broker was lost and not back within {timeout:g} s"
+            ) from None
+        underlay = connection.transport
+        if underlay is None:  # lost again meanwhile
+            raise ConnectionFailed(f"{what}: the connection to the broker was lost")
+        return await _answer(what, underlay.connection.channel(), timeout=timeout)
 
     async def purge(self, queue: str) -> int:
         async with self.browse(queue) as browser:
-            try:
-                result = await browser.channel.queue_purge(queue)
-            except Exception as exc:
-                _raise(exc, Op.READ, f"purge {queue}")
+            result = await _answer(
+                f"purge {queue}", browser.channel.queue_purge(queue), timeout=self.publish_timeout
+            )
             return int(getattr(result, "message_count", 0) or 0)
 
     async def inspect(self, queue: str) -> QueueInfo | None:
         async with self.browse(queue) as browser:
             try:
-                ok = await browser.channel.queue_declare(queue, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                return None
-            except Exception as exc:
-                _raise(exc, Op.READ, f"inspect {queue}")
+                ok = await _answer(
+                    f"inspect {queue}",
+                    browser.channel.queue_declare(queue, passive=True),
+                    timeout=self.publish_timeout,
+                )
+            except BrokerError as exc:
+                if isinstance(exc.__cause__, aiormq.exceptions.ChannelNotFoundEntity):
+                    return None
+                raise
             return QueueInfo(queue, int(ok.message_count or 0), int(ok.consumer_count or 0))

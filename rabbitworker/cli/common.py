@@ -8,10 +8,12 @@ import functools
 import importlib
 import os
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from typer.exceptions import TyperException
 
 from ..app import App
 from ..errors import ConfigurationError, RabbitWorkerError
@@ -58,7 +60,8 @@ def fail(message: str) -> NoReturn:
 
 
 def friendly(fn: Callable[..., T]) -> Callable[..., T]:
-    """Turn rabbitworker errors into one line on stderr and exit code 2."""
+    """Turn rabbitworker errors into one line on stderr and exit code 2; anything else
+    is a bug, whose traceback is printed with passwords masked, and exit code 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
@@ -68,6 +71,12 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
             fail(str(exc))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception:
+            # Python would print it unmasked: an error message may quote the URL.
+            typer.echo(mask_secrets(traceback.format_exc()).rstrip(), err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
