@@ -18,12 +18,13 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage report
 
 lint: $(STAMP)
 	$(BIN)/ruff check rabbitworker tests examples benchmarks scripts
 	$(BIN)/ruff format --check rabbitworker tests examples benchmarks scripts
-	$(BIN)/mypy --strict rabbitworker
+	$(BIN)/mypy --strict rabbitworker tests
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(ARGS)

@@ -111,20 +111,7 @@ def parse_broker_url(url: str) -> BrokerURL:
 
 
 def _parse(url: str) -> BrokerURL:
-    if _CONTROL.search(url):
-        raise _Problem("it contains a control character such as a newline", show_url=False)
-    match = _SCHEME.match(url)
-    if match is None and url.startswith("//"):
-        raise _Problem("no scheme: start it with amqp:// or amqps://")
-    if match is None or (not match.group(2) and match.group(1).lower() not in DEFAULT_PORTS):
-        raise _Problem(f"not a URL (expected {_SYNTAX})", show_url=False)
-    scheme, slashes = match.group(1).lower(), match.group(2)
-    if scheme not in DEFAULT_PORTS:
-        raise _Problem(f"unsupported scheme {scheme!r}: use amqp:// or amqps://")
-    if len(slashes) != 2:
-        count = {0: "no", 1: "one"}.get(len(slashes), str(len(slashes)))
-        raise _Problem(f"{count} '/' after '{scheme}:' where two are needed ({scheme}://host)")
-    rest = url[match.end() :]
+    scheme, rest = _scheme(url)
     if _ANOTHER_URL.search(rest):
         raise _Problem(
             "several URLs in one string: write one URL with a host list,"
@@ -138,14 +125,34 @@ def _parse(url: str) -> BrokerURL:
         raise _Problem("a '#' in the URL: percent-encode it as %23")
     path, _, query = tail.partition("?")
     userinfo, at, hostlist = netloc.rpartition("@")
-    username = password = None
-    if at:
-        user_text, colon, password_text = userinfo.partition(":")
-        username = _decode(user_text, "user name") or None  # as yarl: empty means none
-        password = _decode(password_text, "password") if colon else None
+    username, password = _credentials(userinfo) if at else (None, None)
     items = hostlist.split(",")
     hosts = tuple(_host_port(item, DEFAULT_PORTS[scheme], several=len(items) > 1) for item in items)
     return BrokerURL(scheme, hosts, username, password, _vhost(path), query)
+
+
+def _scheme(url: str) -> tuple[str, str]:
+    """The scheme and what follows its `://`."""
+    if _CONTROL.search(url):
+        raise _Problem("it contains a control character such as a newline", show_url=False)
+    match = _SCHEME.match(url)
+    if match is None and url.startswith("//"):
+        raise _Problem("no scheme: start it with amqp:// or amqps://")
+    if match is None or (not match.group(2) and match.group(1).lower() not in DEFAULT_PORTS):
+        raise _Problem(f"not a URL (expected {_SYNTAX})", show_url=False)
+    scheme, slashes = match.group(1).lower(), match.group(2)
+    if scheme not in DEFAULT_PORTS:
+        raise _Problem(f"unsupported scheme {scheme!r}: use amqp:// or amqps://")
+    if len(slashes) != 2:
+        count = {0: "no", 1: "one"}.get(len(slashes), str(len(slashes)))
+        raise _Problem(f"{count} '/' after '{scheme}:' where two are needed ({scheme}://host)")
+    return scheme, url[match.end() :]
+
+
+def _credentials(userinfo: str) -> tuple[str | None, str | None]:
+    user_text, colon, password_text = userinfo.partition(":")
+    username = _decode(user_text, "user name") or None  # as yarl: empty means none
+    return username, _decode(password_text, "password") if colon else None
 
 
 def _netloc_end(text: str, start: int) -> int:
@@ -154,29 +161,34 @@ def _netloc_end(text: str, start: int) -> int:
 
 
 def _host_port(item: str, default_port: int, *, several: bool) -> tuple[str, int]:
-    if item.startswith("["):
-        host, bracket, after = item[1:].partition("]")
-        if not bracket:
-            raise _Problem("a '[' without its ']' in the host")
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _Problem(f"[{host}] is not an IPv6 address") from None
-        if after and not after.startswith(":"):
-            raise _Problem(f"unexpected text after [{host}] (expected :port)")
-        port_text = after[1:] if after else None
-    else:
-        if item.count(":") > 1:
-            raise _Problem("a host with several ':' (an IPv6 address goes in brackets: [::1])")
-        host, colon, port_text = item.partition(":")
-        port_text = port_text if colon else None
-        if not host:
-            raise _Problem("empty host in the host list" if several else "no host")
-        try:
-            URL.build(scheme="amqp", host=host)
-        except ValueError:
-            raise _Problem(f"{host!r} is not a valid host name") from None
+    host, port_text = _ipv6(item) if item.startswith("[") else _name(item, several)
     return host, default_port if port_text is None else _port(port_text, host)
+
+
+def _ipv6(item: str) -> tuple[str, str | None]:
+    host, bracket, after = item[1:].partition("]")
+    if not bracket:
+        raise _Problem("a '[' without its ']' in the host")
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise _Problem(f"[{host}] is not an IPv6 address") from None
+    if after and not after.startswith(":"):
+        raise _Problem(f"unexpected text after [{host}] (expected :port)")
+    return host, after[1:] if after else None
+
+
+def _name(item: str, several: bool) -> tuple[str, str | None]:
+    if item.count(":") > 1:
+        raise _Problem("a host with several ':' (an IPv6 address goes in brackets: [::1])")
+    host, colon, port_text = item.partition(":")
+    if not host:
+        raise _Problem("empty host in the host list" if several else "no host")
+    try:
+        URL.build(scheme="amqp", host=host)
+    except ValueError:
+        raise _Problem(f"{host!r} is not a valid host name") from None
+    return host, port_text if colon else None
 
 
 def _port(text: str, host: str) -> int:

@@ -4,11 +4,12 @@ handler has not finished is never covered by a multiple ack."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from conftest import eventually, queue_depth
 
-from rabbitworker import Context, TaskMessage
+from rabbitworker import App, Context, TaskMessage
 from rabbitworker._amqp.acks import AckBatcher
 
 
@@ -97,8 +98,8 @@ class Job(TaskMessage, routing_key="acks.job"):
 
 
 async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
-    make_app, start_worker, amqp, prefix: str
-) -> None:  # type: ignore[no-untyped-def]
+    make_app: Callable[..., App], start_worker: Any, amqp: Any, prefix: str
+) -> None:
     app = make_app()
     queue = f"{prefix}.acks"
     release = asyncio.Event()
@@ -116,9 +117,10 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
     worker = await start_worker(app, concurrency=100, prefetch=100)
     await eventually(lambda: len(handled) == 49, timeout=20)
     # The acks of a batch are written one turn of the loop after its handlers finish.
-    acks = app.transport.acks
+    transport: Any = app.transport  # the AMQP transport: its acks and connection
+    acks = transport.acks
     await eventually(lambda: worker.handled == 49 and acks.pending == 0, timeout=5)
-    await app.transport.connection.close()  # unacknowledged deliveries go back to the queue
+    await transport.connection.close()  # unacknowledged deliveries go back to the queue
 
     async def only_the_blocked_one_is_back() -> bool:
         return await queue_depth(amqp, queue) == 1

@@ -4,6 +4,7 @@ limit as the backstop for a message that kills the worker process."""
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import aio_pika
 from conftest import APPS, eventually, get_all, queue_depth, read_record
 
-from rabbitworker import Context, Reject, RetryPolicy, TaskMessage
+from rabbitworker import App, Context, Reject, RetryPolicy, TaskMessage
 from rabbitworker.topology import dead_letter_queue_name
 
 sys.path.insert(0, str(APPS))
@@ -29,7 +30,7 @@ ERROR_HEADERS = (
 
 
 async def test_after_its_last_attempt_a_message_is_dead_lettered_with_the_error_headers(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = f"{prefix}.jobs"
@@ -72,7 +73,7 @@ async def test_after_its_last_attempt_a_message_is_dead_lettered_with_the_error_
 
 
 async def test_a_rejected_message_and_every_bad_body_are_dead_lettered_on_the_first_try(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = f"{prefix}.orders"
@@ -153,7 +154,7 @@ async def test_a_message_that_kills_the_worker_every_time_is_dead_lettered_after
 
         # Restart the worker each time it dies, as a supervisor would, until the
         # message is dead-lettered; a bound keeps a regression from looping.
-        workers = []
+        workers: list[Any] = []
         while not await dead_lettered():
             assert len(workers) < 6, "the delivery limit did not stop the crash loop"
             worker = worker_process("--app", "failures_crash:app")

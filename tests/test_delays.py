@@ -4,13 +4,14 @@ delay never holds up a short one and no message waits in worker memory."""
 
 import math
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from conftest import eventually, queue_depth, remember_delay
 
-from rabbitworker import Context, TaskMessage
+from rabbitworker import App, Context, TaskMessage
 from rabbitworker.errors import UnroutableError
 from rabbitworker.topology import delay_queue_name, quantize_delay_ms
 
@@ -50,7 +51,7 @@ def test_every_delay_up_to_a_day_needs_at_most_ninety_queues_per_power_of_ten() 
 
 
 async def test_a_message_published_with_a_delay_is_handled_no_earlier_than_the_delay(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     handled: list[tuple[float, int]] = []
@@ -75,7 +76,7 @@ async def test_a_message_published_with_a_delay_is_handled_no_earlier_than_the_d
 
 
 async def test_a_long_delay_published_first_does_not_hold_up_a_short_one(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     handled: list[int] = []
@@ -106,7 +107,7 @@ async def test_a_long_delay_published_first_does_not_hold_up_a_short_one(
 
 
 async def test_an_arbitrary_delay_uses_its_rounded_queue_and_is_honoured(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     handled: list[float] = []
@@ -130,7 +131,7 @@ async def test_an_arbitrary_delay_uses_its_rounded_queue_and_is_honoured(
 
 
 async def test_a_delayed_publish_for_a_routing_key_nothing_is_bound_to_is_refused(
-    make_app: Any, prefix: str
+    make_app: Callable[..., App], prefix: str
 ) -> None:
     app = make_app()
 

@@ -16,6 +16,7 @@ from aiormq import connection as aiormq_connection
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic, Channel, Connection
 from pamqp.header import ContentHeader
+from yarl import URL
 
 from rabbitworker._amqp.errors import TABLE, Op, translate
 from rabbitworker.errors import (
@@ -55,7 +56,7 @@ def open_refused_with(text: str) -> BaseException:
     """What aiormq raises when the broker answers connection.open with a close: the
     close frame is a local of the function that raises, its text is not in the message."""
 
-    def rpc() -> None:
+    def rpc() -> BaseException:
         frame = Connection.Close(reply_code=530, reply_text=text)
         raise amqp.InvalidFrameError(f"Expected one of ['Connection.OpenOk'], got {frame!r}")
 
@@ -67,7 +68,7 @@ def closed_by_aio_pika() -> BaseException:
     that was never opened."""
 
     async def go() -> None:
-        aio_pika.Connection("amqp://guest:guest@127.0.0.1:1/").channel()
+        aio_pika.Connection(URL("amqp://guest:guest@127.0.0.1:1/")).channel()
 
     try:
         asyncio.run(go())

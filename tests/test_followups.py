@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiormq
 import pytest
 from conftest import eventually, get_all, queue_depth, remember_delay
 
-from rabbitworker import Context, Middleware, Reject, Retry, RetryPolicy, TaskMessage
+from rabbitworker import App, Context, Middleware, Reject, Retry, RetryPolicy, TaskMessage
 from rabbitworker.errors import RemoteError
 from rabbitworker.topology import dead_letter_queue_name, retry_exchange_name, retry_queue_spec
 
@@ -64,7 +64,7 @@ async def squatted_retry_queue(broker_url: str, prefix: str) -> AsyncIterator[st
 
 
 async def test_a_retry_queue_that_exists_with_other_arguments_dead_letters_at_once_after_one_run(
-    make_app: Any, start_worker: Any, squatted_retry_queue: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, squatted_retry_queue: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = squatted_retry_queue
@@ -97,7 +97,7 @@ async def test_a_retry_queue_that_exists_with_other_arguments_dead_letters_at_on
 
 
 async def test_an_rpc_request_whose_retry_copy_is_refused_gets_an_error_reply_at_once(
-    make_app: Any, start_worker: Any, squatted_retry_queue: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, squatted_retry_queue: str, amqp: Any
 ) -> None:
     worker_app = make_app("worker")
     queue = squatted_retry_queue
@@ -149,7 +149,7 @@ class SetsHeader(Middleware):
     ids=["in the retry copy", "in the dead letter"],
 )
 async def test_a_header_that_cannot_be_sent_again_dead_letters_at_once_without_it(
-    make_app: Any,
+    make_app: Callable[..., App],
     start_worker: Any,
     prefix: str,
     amqp: Any,
@@ -185,7 +185,7 @@ async def test_a_header_that_cannot_be_sent_again_dead_letters_at_once_without_i
 
 
 async def test_a_refused_retry_queue_does_not_disturb_calls_waiting_on_the_same_connection(
-    make_app: Any, start_worker: Any, squatted_retry_queue: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, squatted_retry_queue: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = squatted_retry_queue
@@ -210,7 +210,7 @@ async def test_a_refused_retry_queue_does_not_disturb_calls_waiting_on_the_same_
 
 
 async def test_a_retry_exchange_that_is_gone_dead_letters_at_once_after_one_run(
-    make_app: Any, start_worker: Any, prefix: str, broker_url: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, broker_url: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = f"{prefix}.jobs"
@@ -241,7 +241,7 @@ async def test_a_retry_exchange_that_is_gone_dead_letters_at_once_after_one_run(
 
 
 async def test_a_refused_retry_queue_declaration_does_not_fail_the_follow_ups_sent_beside_it(
-    make_app: Any, start_worker: Any, prefix: str, broker_url: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, broker_url: str, amqp: Any
 ) -> None:
     # Twenty dead letters are being confirmed on the publishing channel while the
     # broker refuses to bind job 10's retry queue to the missing exchange. The broker
@@ -268,7 +268,7 @@ async def test_a_refused_retry_queue_declaration_does_not_fail_the_follow_ups_se
 
     async def all_there() -> bool:
         for m in await get_all(amqp, dead_letter_queue_name(queue)):
-            letters[m.message_id] = m.headers or {}
+            letters[m.message_id or ""] = m.headers or {}
         return len(letters) == 21
 
     await eventually(all_there, timeout=20)
@@ -277,7 +277,7 @@ async def test_a_refused_retry_queue_declaration_does_not_fail_the_follow_ups_se
 
 
 async def test_an_error_message_that_is_not_valid_text_still_reaches_the_dead_letter(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = f"{prefix}.jobs"
@@ -299,7 +299,7 @@ async def test_an_error_message_that_is_not_valid_text_still_reaches_the_dead_le
 
 
 async def test_a_dead_letter_does_not_keep_the_messages_expiration_and_so_does_not_vanish(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any, broker_url: str
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any, broker_url: str
 ) -> None:
     app = make_app()
     queue = f"{prefix}.jobs"

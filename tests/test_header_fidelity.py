@@ -10,7 +10,7 @@ import json
 import math
 import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,7 +23,7 @@ from conftest import APPS, eventually, read_record
 from pamqp import commands, decode
 from pamqp.common import Struct
 
-from rabbitworker import Context, Middleware, TaskMessage
+from rabbitworker import App, Context, Middleware, TaskMessage
 from rabbitworker._amqp.headers import (
     Float32,
     Float64,
@@ -147,7 +147,7 @@ def test_properties_pamqp_could_not_decode_are_sent_again_as_they_came() -> None
     sent = WireProperties(
         message_id=b"id-\xff".decode("utf-8", "surrogateescape"),
         message_type=b"type-\xfe".decode("utf-8", "surrogateescape"),
-        timestamp=RawTimestamp(2**63 + 5),
+        timestamp=RawTimestamp(2**63 + 5),  # type: ignore[arg-type]
         headers={ESCAPED_NAME: 1},
     )
     data = sent.marshal()
@@ -185,7 +185,7 @@ def test_a_nan_or_infinite_float_is_refused_before_rabbitmq_closes_the_connectio
 
 
 async def test_publishing_a_nan_header_raises_header_error_and_the_connection_stays_up(
-    make_app: Any, prefix: str
+    make_app: Callable[..., App], prefix: str
 ) -> None:
     app = make_app()
 

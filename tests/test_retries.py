@@ -5,6 +5,7 @@ against a real broker, retries that stay on the failing queue, `Retry(delay=)`,
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import aiormq
 import pytest
 from conftest import APPS, eventually, get_all, queue_depth, read_record, remember_delay
 
-from rabbitworker import Context, Retry, RetryPolicy, TaskMessage, exponential
+from rabbitworker import App, Context, Retry, RetryPolicy, TaskMessage, exponential
 from rabbitworker.errors import DecodeError, Reject
 from rabbitworker.middleware import Retries
 from rabbitworker.policy import Exponential
@@ -134,7 +135,7 @@ async def test_the_retries_middleware_turns_failures_into_retries_then_a_dead_le
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_a_handler_that_fails_twice_is_called_three_times_after_each_backoff_step(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any, queue_type: str
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any, queue_type: str
 ) -> None:
     app = make_app(queue_type=queue_type)
     queue = f"{prefix}.jobs"
@@ -166,7 +167,7 @@ async def test_a_handler_that_fails_twice_is_called_three_times_after_each_backo
 
 
 async def test_a_failure_in_one_of_two_queues_on_a_routing_key_is_retried_only_there(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     flaky_calls: list[int] = []
@@ -203,7 +204,7 @@ async def test_a_failure_in_one_of_two_queues_on_a_routing_key_is_retried_only_t
 
 
 async def test_a_handler_raising_retry_with_a_delay_is_retried_after_that_delay(
-    make_app: Any, start_worker: Any, prefix: str
+    make_app: Callable[..., App], start_worker: Any, prefix: str
 ) -> None:
     app = make_app()
     calls: list[tuple[float, int]] = []
@@ -227,7 +228,7 @@ async def test_a_handler_raising_retry_with_a_delay_is_retried_after_that_delay(
 
 
 async def test_an_async_handler_past_its_timeout_is_cancelled_and_follows_its_retry_policy(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     queue = f"{prefix}.slow"
@@ -264,7 +265,11 @@ async def test_an_async_handler_past_its_timeout_is_cancelled_and_follows_its_re
 
 
 async def test_a_sync_handler_past_its_timeout_is_abandoned_with_a_warning_and_dead_lettered(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any, caplog: pytest.LogCaptureFixture
+    make_app: Callable[..., App],
+    start_worker: Any,
+    prefix: str,
+    amqp: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     import threading
 
@@ -295,7 +300,7 @@ async def test_a_sync_handler_past_its_timeout_is_abandoned_with_a_warning_and_d
 
 
 async def test_a_handlers_own_timeout_error_is_not_mistaken_for_its_time_limit(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any
+    make_app: Callable[..., App], start_worker: Any, prefix: str, amqp: Any
 ) -> None:
     app = make_app()
     policy = RetryPolicy(max_attempts=1)
@@ -333,7 +338,7 @@ async def test_a_handlers_own_timeout_error_is_not_mistaken_for_its_time_limit(
 
 
 async def test_a_retry_copy_is_confirmed_by_the_broker_before_the_original_is_acked(
-    make_app: Any, start_worker: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+    make_app: Callable[..., App], start_worker: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = make_app()
     events: list[str] = []
@@ -383,7 +388,7 @@ async def test_a_retry_copy_is_confirmed_by_the_broker_before_the_original_is_ac
 
 
 async def test_an_unconfirmed_retry_copy_leaves_the_original_unacked_and_it_comes_back(
-    make_app: Any, start_worker: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
+    make_app: Callable[..., App], start_worker: Any, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rabbitworker.errors import NotConfirmed
 

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,7 @@ class RPCApp:
 
 
 @pytest.fixture
-def rpc(make_app: Any, prefix: str) -> RPCApp:
+def rpc(make_app: Callable[..., App], prefix: str) -> RPCApp:
     app = make_app("rpc")
     state = RPCApp(app, f"{prefix}.rpc")
 
@@ -133,7 +134,7 @@ async def one_dead_letter(amqp: Any, queue: str) -> Any:
 
 
 @pytest.fixture
-async def client(make_app: Any, rpc: RPCApp, start_worker: Any) -> Any:
+async def client(make_app: Callable[..., App], rpc: RPCApp, start_worker: Any) -> Any:
     """A second app on the same exchange, as a web node would be, with a worker
     for `rpc` running."""
     await start_worker(rpc.app)
@@ -198,7 +199,7 @@ async def test_a_handler_exception_reaches_the_caller_as_remote_error_and_is_dea
 
 
 async def test_a_request_that_fails_validation_on_the_worker_gets_a_remote_error_reply(
-    client: App, rpc: RPCApp, make_app: Any, amqp: Any
+    client: App, rpc: RPCApp, make_app: Callable[..., App], amqp: Any
 ) -> None:
     other = make_app("other-producer")
     async with other:
@@ -252,7 +253,7 @@ async def test_a_return_value_json_cannot_carry_becomes_a_remote_error(
 
 
 async def test_a_reply_over_the_maximum_message_size_becomes_a_remote_error(
-    make_app: Any, prefix: str, start_worker: Any, amqp: Any
+    make_app: Callable[..., App], prefix: str, start_worker: Any, amqp: Any
 ) -> None:
     app = make_app(max_message_size=10_000)
 
@@ -271,7 +272,7 @@ async def test_a_reply_over_the_maximum_message_size_becomes_a_remote_error(
 
 
 async def test_a_reply_that_does_not_match_the_declared_type_raises_decode_error(
-    make_app: Any, prefix: str, start_worker: Any
+    make_app: Callable[..., App], prefix: str, start_worker: Any
 ) -> None:
     class Liar(TaskMessage[Sum], routing_key="rpc.liar"):
         pass
@@ -367,7 +368,7 @@ async def test_losing_the_connection_fails_waiting_calls_and_later_calls_work_ag
 
 
 async def test_a_call_made_while_the_broker_is_unreachable_ends_within_its_timeout(
-    make_app: Any, rpc: RPCApp, start_worker: Any, proxy: Any, broker_url: str
+    make_app: Callable[..., App], rpc: RPCApp, start_worker: Any, proxy: Any, broker_url: str
 ) -> None:
     await start_worker(rpc.app)
     producer = make_app("producer")

@@ -95,7 +95,7 @@ async def test_a_worker_cut_off_mid_stream_takes_none_of_what_it_held_for_a_susp
     assert len(moved) == worker.suspects_moved
     # Only deliveries lost on the wire at the cut, which this worker never saw, may
     # take the suspect path; nothing it held, ran or acked just before the cut does.
-    first_seen = {}
+    first_seen: dict[str, bool] = {}
     for message_id, redelivered in receipts:
         first_seen.setdefault(message_id, redelivered)
     assert all(first_seen[message_id] for message_id in moved), moved

@@ -8,20 +8,25 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import eventually, get_all, queue_depth, read_record
 
-from rabbitworker import RetryPolicy, TaskMessage
+from rabbitworker import App, RetryPolicy, TaskMessage
 from rabbitworker.topology import dead_letter_queue_name
 
 CONCURRENCY = 2
 
 
 async def test_after_three_times_concurrency_hung_sync_handlers_a_trivial_one_still_succeeds(
-    make_app: Any, start_worker: Any, prefix: str, amqp: Any, caplog: pytest.LogCaptureFixture
+    make_app: Callable[..., App],
+    start_worker: Any,
+    prefix: str,
+    amqp: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="rabbitworker")
     app = make_app()

@@ -36,7 +36,7 @@ async def web(
     monkeypatch.syspath_prepend(str(EXAMPLE))
     for mod in MODULES:
         sys.modules.pop(mod, None)
-    import web
+    import web  # type: ignore[import-not-found]
 
     yield web
     app = web.app

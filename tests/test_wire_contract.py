@@ -4,18 +4,22 @@ language would: publishing with a raw AMQP client, not through rabbitworker."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
 from conftest import eventually, get_all, queue_depth
 from pydantic import BaseModel
 
-from rabbitworker import Context, RetryPolicy, TaskMessage
+from rabbitworker import App, Context, RetryPolicy, TaskMessage
 from rabbitworker.topology import dead_letter_queue_name
 
 
 async def test_a_message_without_id_or_type_gets_an_id_on_receipt_kept_through_retries_and_dlq(
-    make_app: Any, start_worker: Any, prefix: str, amqp: aio_pika.abc.AbstractConnection
+    make_app: Callable[..., App],
+    start_worker: Any,
+    prefix: str,
+    amqp: aio_pika.abc.AbstractConnection,
 ) -> None:
     app = make_app()
     queue = f"{prefix}.orders"
@@ -61,7 +65,10 @@ class Sum(BaseModel):
 
 
 async def test_a_foreign_rpc_request_gets_a_reply_with_its_correlation_id_and_status(
-    make_app: Any, start_worker: Any, prefix: str, amqp: aio_pika.abc.AbstractConnection
+    make_app: Callable[..., App],
+    start_worker: Any,
+    prefix: str,
+    amqp: aio_pika.abc.AbstractConnection,
 ) -> None:
     app = make_app()
 

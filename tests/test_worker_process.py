@@ -6,6 +6,7 @@ import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -40,7 +41,12 @@ async def connected(two_queues, broker_url: str):  # type: ignore[no-untyped-def
 
 
 async def test_a_thousand_messages_of_two_types_are_each_handled_once_by_the_right_handler(
-    two_queues, connected, worker_process, amqp, tmp_path: Path, prefix: str
+    two_queues: Any,
+    connected: Any,
+    worker_process: Any,
+    amqp: Any,
+    tmp_path: Path,
+    prefix: str,
 ) -> None:
     m = two_queues
     ids = {}
@@ -75,7 +81,7 @@ async def test_a_thousand_messages_of_two_types_are_each_handled_once_by_the_rig
 
 
 async def test_a_message_stays_unacked_while_its_handler_works_and_comes_back_after_sigkill(
-    two_queues, connected, worker_process, amqp, tmp_path: Path
+    two_queues: Any, connected: Any, worker_process: Any, amqp: Any, tmp_path: Path
 ) -> None:
     m = two_queues
     queue = m.name("a")

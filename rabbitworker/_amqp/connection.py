@@ -186,27 +186,43 @@ async def retry_across_reconnects(
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 return await step()
         except Exception as exc:
-            error = translate(exc, Op.SETUP, what)
+            error = _setup_error(connection, exc, what, timeout)
             if error is None:
                 raise
-            if isinstance(exc, TimeoutError):
-                # A blocked connection is not read from at all, declares included.
-                blocked = is_blocked(connection)
-                why = f"{BLOCKED}; no answer" if blocked else "the broker did not answer"
-                raise ConnectionFailed(f"{what}: {why} within {timeout:g} s") from exc
             remaining = deadline - time.monotonic()
             lost = isinstance(error, ConnectionFailed) and not error.permanent
             if not lost or remaining <= 0 or connection.is_closed:
                 raise error from exc
             log.debug("%s: connection lost; trying again once reconnected", what)
-            await asyncio.sleep(_RETRY_PAUSE)
-            try:
-                async with asyncio.timeout(remaining):
-                    await connection.ready()
-            except TimeoutError:
-                raise ConnectionFailed(
-                    f"{what}: the connection was lost and not back within {timeout:g} s"
-                ) from exc
+            await _back(connection, remaining, what, timeout, exc)
+
+
+def _setup_error(
+    connection: AbstractRobustConnection, exc: BaseException, what: str, timeout: float
+) -> RabbitWorkerError | None:
+    if isinstance(exc, TimeoutError):
+        # A blocked connection is not read from at all, declares included.
+        why = f"{BLOCKED}; no answer" if is_blocked(connection) else "the broker did not answer"
+        return ConnectionFailed(f"{what}: {why} within {timeout:g} s")
+    return translate(exc, Op.SETUP, what)
+
+
+async def _back(
+    connection: AbstractRobustConnection,
+    remaining: float,
+    what: str,
+    timeout: float,
+    cause: BaseException,
+) -> None:
+    """Wait for the robust connection to be back, for up to `remaining` seconds."""
+    await asyncio.sleep(_RETRY_PAUSE)
+    try:
+        async with asyncio.timeout(remaining):
+            await connection.ready()
+    except TimeoutError:
+        raise ConnectionFailed(
+            f"{what}: the connection was lost and not back within {timeout:g} s"
+        ) from cause
 
 
 class _QuietReconnects(logging.Filter):

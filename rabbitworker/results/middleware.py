@@ -52,27 +52,33 @@ class ResultTracking(Middleware):
 
     async def on_settle(self, ctx: Context | None, settled: Settled) -> None:
         delivery = settled.delivery
-        ttl = ctx.state.get(_TTL) if ctx is not None else None
-        if ctx is None:  # no handler ran (it did not decode): tracked all the same
+        if ctx is not None:
+            ttl = ctx.state.get(_TTL)
+        else:  # no handler ran (it did not decode): tracked all the same
             ttl = self.tracker.ttl_for(delivery.type, delivery.headers)
         state = _STATES.get(settled.kind)
         if ttl is None or state is None:
             return  # untracked, or handed back: it comes again
-        finished = datetime.now(UTC)
-        started = ctx.state.get(_STARTED) if ctx is not None else None
-        fields: dict[str, Any] = {
-            "started_at": started or _when(settled.started_at),
-            "finished_at": finished if state.final else None,
-        }
-        if state is State.SUCCEEDED:
-            fields["result"] = ctx.state.get(_RESULT) if ctx is not None else None
-        elif settled.error is not None:
-            fields["error"] = ErrorInfo(type=error_type(settled.error), message=str(settled.error))
-        if state is State.RETRYING:
-            fields["next_attempt_at"] = finished + timedelta(milliseconds=settled.delay_ms)
-        await self.tracker.write(
-            self.tracker.status_of(delivery, settled.queue, state, **fields), ttl
-        )
+        fields = _final_fields(ctx, settled, state)
+        status = self.tracker.status_of(delivery, settled.queue, state, **fields)
+        await self.tracker.write(status, ttl)
+
+
+def _final_fields(ctx: Context | None, settled: Settled, state: State) -> dict[str, Any]:
+    """What a `succeeded`, `retrying` or `failed` status says beyond the delivery."""
+    state_of = ctx.state if ctx is not None else {}
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "started_at": state_of.get(_STARTED) or _when(settled.started_at),
+        "finished_at": now if state.final else None,
+    }
+    if state is State.SUCCEEDED:
+        fields["result"] = state_of.get(_RESULT)
+    elif settled.error is not None:
+        fields["error"] = ErrorInfo(type=error_type(settled.error), message=str(settled.error))
+    if state is State.RETRYING:
+        fields["next_attempt_at"] = now + timedelta(milliseconds=settled.delay_ms)
+    return fields
 
 
 def _when(epoch: float | None) -> datetime | None:

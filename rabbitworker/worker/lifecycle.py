@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware import Middleware
+from ..registry import Task
 from ..results.middleware import ResultTracking
 from ..transport import Consumer
 from .dispatch import Dispatcher
@@ -85,11 +86,25 @@ class Worker:
 
     async def start(self) -> None:
         """Connect, declare the topology and start consuming every queue."""
-        app = self.app
-        await app.connect()
-        s = app.settings
+        await self.app.connect()
+        tasks = [t for q in self.queues for t in self.app.registry.tasks[q].values()]
+        self._dispatch = self._build(tasks)
+        for middleware in self.middleware:
+            await middleware.on_worker_start()
+        for name in self.queues:
+            await self._consume(name)
+        self._watch_the_loop(tasks)
+        log.info(
+            "worker consuming %s (prefetch %d, concurrency %d)",
+            ", ".join(self.queues),
+            self.prefetch,
+            self.concurrency,
+        )
+
+    def _build(self, tasks: list[Task]) -> Dispatcher:
+        """The parts a delivery goes through, on the app's open session."""
+        app, s = self.app, self.app.settings
         session = app.session
-        tasks = [t for q in self.queues for t in app.registry.tasks[q].values()]
         if any(not t.is_async for t in tasks):
             self._threads = SyncThreads(
                 self.concurrency,
@@ -113,7 +128,8 @@ class Worker:
         )
         suspects = Suspects(session.transport, settlement, delivery_limit=s.delivery_limit)
         settlement.returned = suspects.returned
-        self._dispatch = Dispatcher(
+        suspects.on_moved = self._suspects_moved
+        return Dispatcher(
             session.transport,
             processor,
             settlement,
@@ -121,25 +137,17 @@ class Worker:
             concurrency=self.concurrency,
             prefetch=self.prefetch,
         )
-        suspects.on_moved = self._suspects_moved
-        for middleware in self.middleware:
-            await middleware.on_worker_start()
-        for name in self.queues:
-            await self._consume(name)
-        if s.blocked_loop_warning > 0:
+
+    def _watch_the_loop(self, tasks: list[Task]) -> None:
+        threshold = self.app.settings.blocked_loop_warning
+        if threshold > 0:
             codes = {t.fn.__code__: t.name for t in tasks if hasattr(t.fn, "__code__")}
             self._watchdog = LoopWatchdog(
                 asyncio.get_running_loop(),
-                s.blocked_loop_warning,
+                threshold,
                 functools.partial(self._describe_block, codes),
             )
             self._watchdog.start()
-        log.info(
-            "worker consuming %s (prefetch %d, concurrency %d)",
-            ", ".join(self.queues),
-            self.prefetch,
-            self.concurrency,
-        )
 
     def _middleware(self) -> list[Middleware]:
         """The app's middleware, then what this worker adds for the app's features
