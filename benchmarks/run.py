@@ -19,13 +19,13 @@ from typing import Any
 
 import aio_pika
 
-from . import baseline, procs, rw
+from . import baseline, procs, results_rows, rw
 
 __all__ = ["Row", "main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-SECTIONS = ("publish", "consume", "slow", "rpc", "processes")
+SECTIONS = ("publish", "consume", "slow", "rpc", "processes", "results")
 
 
 @dataclass
@@ -61,6 +61,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rpc-calls", type=int, default=500, help="sequential calls for latency")
     p.add_argument("--rpc-in-flight", type=int, default=100)
     p.add_argument("--batch", type=int, default=100, help="concurrent publishes per batch")
+    p.add_argument(
+        "--redis",
+        default=os.environ.get("RABBITWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="the Redis of the results rows",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per row; the median is kept")
     p.add_argument(
         "--only", default=",".join(SECTIONS), help=f"comma-separated: {','.join(SECTIONS)}"
@@ -177,6 +182,17 @@ async def bench_queue_type(args: argparse.Namespace, qt: str, rows: list[Row]) -
             lambda: rw.rpc_concurrent(url, qt, calls, k),
         )
         add(f"RPC throughput, {k} in flight", "calls/s", base, ours, True, 1.0)
+    if "results" in args.only:
+        n = args.messages
+        base, ours = await medians(
+            r,
+            lambda: rw.consume(url, qt, n),
+            lambda: rw.consume(url, qt, n, results=args.redis),
+        )
+        add("consume no-op, tracked in Redis (baseline: untracked)", "msg/s", base, ours, True, 0.6)
+        plain, read = await results_rows.result_latency(url, qt, args.redis, args.rpc_calls)
+        add("app.result() of a finished task, p50 (baseline: Redis HGET)", "ms",
+            percentile(plain, 50) * 1000, percentile(read, 50) * 1000, False, None)  # fmt: skip
     if "processes" in args.only:
         n = args.messages
         runs: dict[tuple[str, int], procs.ProcessRun] = {}
@@ -214,7 +230,8 @@ async def bench_queue_type(args: argparse.Namespace, qt: str, rows: list[Row]) -
 
 
 def table(rows: list[Row], info: dict[str, Any], extras: dict[str, Any]) -> str:
-    head = ("queue", "benchmark", "unit", "aio-pika", "rabbitworker", "ratio", "target")
+    # The baseline is plain aio-pika unless the row names another.
+    head = ("queue", "benchmark", "unit", "baseline", "rabbitworker", "ratio", "target")
     body = []
     for row in rows:
         if row.target is None:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aio_pika
 
@@ -37,11 +38,11 @@ async def delete_app(url: str, app: App) -> None:
 
 @asynccontextmanager
 async def bench_app(
-    url: str, queue_type: str, register: Callable[[App, str], None]
+    url: str, queue_type: str, register: Callable[[App, str], None], **options: Any
 ) -> AsyncIterator[tuple[App, str]]:
     """A connected app on a unique exchange with one queue; deleted afterwards."""
     qt: QueueType = "quorum" if queue_type == "quorum" else "classic"
-    app = App("bench", url=url, exchange=unique("x"), queue_type=qt)
+    app = App("bench", url=url, exchange=unique("x"), queue_type=qt, **options)
     queue = unique("q")
     register(app, queue)
     try:
@@ -70,18 +71,21 @@ async def publish(url: str, queue_type: str, count: int, batch: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-async def consume(url: str, queue_type: str, count: int, delay: float = 0.0) -> float:
-    """Messages per second, first to last handled, by an in-process worker."""
+async def consume(
+    url: str, queue_type: str, count: int, delay: float = 0.0, results: str | None = None
+) -> float:
+    """Messages per second, first to last handled, by an in-process worker; with
+    `results` (a store URL) every message's status and result are tracked there."""
     tally = Tally(count)
 
     def register(app: App, queue: str) -> None:
-        @app.task(queue=queue)
+        @app.task(queue=queue, results=results is not None)
         async def handle(msg: Job) -> None:
             if delay:
                 await asyncio.sleep(delay)
             tally.hit()
 
-    async with bench_app(url, queue_type, register) as (app, queue):
+    async with bench_app(url, queue_type, register, results=results) as (app, queue):
         connection = await aio_pika.connect(url)
         try:
             await prefill(connection, queue, count)

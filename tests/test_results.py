@@ -247,9 +247,14 @@ async def test_a_store_that_goes_away_loses_no_message_and_the_worker_keeps_goin
             await eventually(lambda: sorted(handled) == list(range(11)), timeout=30)
             await redis_proxy.restore()
             # What a reader sees for a message handled while the store was away: the
-            # last status saved before (here none at all: even `queued` was lost).
-            assert [await app.status(m) for m in during] == [None] * 10
+            # last status that could be saved (writes are tried again for about a
+            # second, then given up): none at all here, or a true one.
+            seen = [await app.status(m) for m in during]
+            assert None in seen
+            for message_id, status in zip(during, seen, strict=True):
+                assert status is None or status.message_id == message_id
             after = await app.publish(Job(n=11))
             assert await app.result(after, timeout=10) == 11
         assert worker.consuming
-        assert worker.handled == 12
+        # The final status is saved before the ack, so the count may trail the result.
+        await eventually(lambda: worker.handled == 12)

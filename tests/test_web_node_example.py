@@ -4,6 +4,7 @@ not), and the sync producer script run as a user would."""
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -116,3 +117,61 @@ async def test_the_sync_producer_calls_and_publishes_from_eight_threads(
             f"receipt for order {n} sent (message {mid})" in worker.output for n, mid in message_ids
         )
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _web_node(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "web:api", "--port", str(port), "--log-level", "warning"],
+        cwd=EXAMPLE,
+        env={**os.environ, **env},
+    )
+
+
+async def test_a_report_requested_on_one_web_node_is_read_on_another(
+    web: Any, worker_process: Any, example_env: dict[str, str], redis_url: str
+) -> None:
+    env = {**example_env, "RABBITWORKER_RESULTS": redis_url}
+    worker_process("--app", "tasks:app", env=env).wait_consuming()
+    ports = [_free_port(), _free_port()]
+    nodes = [_web_node(env, port) for port in ports]
+    try:
+        async with httpx.AsyncClient() as client:
+            first, second = (f"http://127.0.0.1:{port}" for port in ports)
+
+            async def both_up() -> bool:
+                try:
+                    for base in (first, second):
+                        (await client.get(f"{base}/openapi.json")).raise_for_status()
+                    return True
+                except httpx.HTTPError:
+                    return False
+
+            await eventually(both_up, timeout=30)
+            accepted = await client.post(f"{first}/reports", json={"report_id": 12})
+            assert accepted.status_code == 202
+            status_url = accepted.json()["status_url"]
+            seen: list[str] = []
+
+            async def ready_on_the_other_node() -> bool:
+                answer = await client.get(f"{second}{status_url}")
+                assert answer.status_code == 200, answer.text
+                seen.append(answer.json()["state"])
+                return bool(answer.json()["state"] == "succeeded")
+
+            await eventually(ready_on_the_other_node, timeout=30)
+            report = (await client.get(f"{second}{status_url}")).json()
+            assert report["result"] == {"url": "/files/report-12.pdf", "pages": 6}
+            assert report["message_id"] == accepted.json()["message_id"]
+            assert set(seen) <= {"queued", "started", "succeeded"}
+            missing = await client.get(f"{second}/reports/no-such-report")
+            assert missing.status_code == 404
+    finally:
+        for node in nodes:
+            node.terminate()
+            node.wait(timeout=30)

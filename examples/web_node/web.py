@@ -6,9 +6,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
-from tasks import PriceQuote, Quote, SendReceipt, app
+from tasks import PriceQuote, Quote, RenderReport, SendReceipt, app
 
 from rabbitworker import RemoteError, RPCTimeout, call, publish
+from rabbitworker.results import TaskStatus
 
 
 @asynccontextmanager
@@ -48,3 +49,28 @@ async def get_quote(sku: str, quantity: int = 1) -> Quote:
         raise HTTPException(502, "the pricing worker failed") from None
     except RPCTimeout:
         raise HTTPException(504, "no pricing worker answered in time") from None
+
+
+class ReportRequest(BaseModel):
+    report_id: int = Field(gt=0)
+
+
+class ReportAccepted(BaseModel):
+    message_id: str
+    status_url: str
+
+
+@api.post("/reports", status_code=202)
+async def request_report(request: ReportRequest) -> ReportAccepted:
+    """Step one: queue the report and answer at once with where to look for it."""
+    message_id = await publish(RenderReport(report_id=request.report_id))
+    return ReportAccepted(message_id=message_id, status_url=f"/reports/{message_id}")
+
+
+@api.get("/reports/{message_id}")
+async def report_status(message_id: str) -> TaskStatus:
+    """Step two, from any web node: the report's state, and its result once ready."""
+    status = await app.status(message_id)
+    if status is None:
+        raise HTTPException(404, f"no report {message_id} (unknown or expired)")
+    return status

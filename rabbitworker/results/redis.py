@@ -1,6 +1,9 @@
 """The Redis results store (extra `rabbitworker[redis]`, redis-py's asyncio client):
 a hash per message id with its rank and status, written by a script that keeps the
-newest, and a pub/sub message per final state that wakes the readers waiting for it."""
+newest, and a pub/sub message per final state that wakes the readers waiting for it.
+
+Saves made in the same turn of the event loop (a busy worker settles many messages
+per turn) go out together, as one script call: one round trip instead of one each."""
 
 from __future__ import annotations
 
@@ -10,6 +13,10 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .status import TaskStatus
 
@@ -17,14 +24,20 @@ __all__ = ["RedisResultStore"]
 
 log = logging.getLogger("rabbitworker.results")
 
-# Keep the status unless the stored one is newer; publish a final state to its channel.
+# For each key (and its 5 arguments: status, rank, ttl ms, final, channel): keep the
+# status unless the stored one is newer; publish a final state to its channel. One
+# call saves a whole batch, in order.
 _SAVE = """
-local current = redis.call('HGET', KEYS[1], 'rank')
-if current and tonumber(current) > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'rank', ARGV[2], 'status', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] == '1' then redis.call('PUBLISH', ARGV[5], '1') end
-return 1
+for i, key in ipairs(KEYS) do
+  local a = (i - 1) * 5
+  local current = redis.call('HGET', key, 'rank')
+  if not current or tonumber(current) <= tonumber(ARGV[a + 2]) then
+    redis.call('HSET', key, 'rank', ARGV[a + 2], 'status', ARGV[a + 1])
+    redis.call('PEXPIRE', key, ARGV[a + 3])
+    if ARGV[a + 4] == '1' then redis.call('PUBLISH', ARGV[a + 5], '1') end
+  end
+end
+return #KEYS
 """
 
 
@@ -33,12 +46,21 @@ class RedisResultStore:
 
     def __init__(self, url: str, *, prefix: str = "rabbitworker:result:") -> None:
         self.prefix = prefix
-        self._client: aioredis.Redis = aioredis.from_url(url)
+        # A pooled connection that died during an outage fails its next command:
+        # that command is tried again on a new connection instead.
+        self._client: aioredis.Redis = aioredis.from_url(
+            url,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
         self._save = self._client.register_script(_SAVE)
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._subscribe_lock = asyncio.Lock()
+        self._batch: list[tuple[str, list[Any]]] = []
+        self._written: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     def _key(self, message_id: str) -> str:
         return f"{self.prefix}{message_id}"
@@ -47,16 +69,41 @@ class RedisResultStore:
         return f"{self.prefix}done:{message_id}"
 
     async def save(self, status: TaskStatus, ttl: float) -> None:
-        await self._save(
-            keys=[self._key(status.message_id)],
-            args=[
-                status.model_dump_json(),
-                status.rank,
-                max(1, int(ttl * 1000)),
-                "1" if status.state.final else "0",
-                self._channel(status.message_id),
-            ],
-        )
+        args = [
+            status.model_dump_json(),
+            status.rank,
+            max(1, int(ttl * 1000)),
+            "1" if status.state.final else "0",
+            self._channel(status.message_id),
+        ]
+        self._batch.append((self._key(status.message_id), args))
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+        written = self._written
+        if self._writer is None:
+            # Its first step runs on the next turn of the loop: by then every save
+            # of this turn has joined the batch.
+            self._writer = asyncio.ensure_future(self._write())
+        await asyncio.shield(written)
+
+    async def _write(self) -> None:
+        """Write batches until none is waiting; one at a time, in order."""
+        try:
+            while self._written is not None:
+                batch, self._batch = self._batch, []
+                written, self._written = self._written, None
+                try:
+                    await self._save(
+                        keys=[key for key, _ in batch],
+                        args=[arg for _, args in batch for arg in args],
+                    )
+                except Exception as exc:
+                    written.set_exception(exc)
+                    written.exception()  # each saver raises it; the future itself is handled
+                else:
+                    written.set_result(None)
+        finally:
+            self._writer = None
 
     async def load(self, message_id: str) -> TaskStatus | None:
         raw = await self._client.hget(self._key(message_id), "status")
