@@ -114,7 +114,8 @@ class Beat:
     async def _lead(self, lock: Any) -> None:
         try:
             for schedule in self.schedules:
-                self._last[schedule.name] = await self._load(schedule)
+                # Never published (or its state was lost): it starts from now.
+                self._last[schedule.name] = await self._load(schedule) or self.clock()
             while lock.held and not self._stop.is_set():
                 if await self._publish_due(lock):
                     await self._pause(self._until_next(), lock)

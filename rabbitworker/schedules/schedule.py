@@ -82,8 +82,9 @@ class Schedule:
         return list(itertools.islice(self.ticks(after), count))
 
     def due(self, last: datetime | None, now: datetime) -> list[datetime]:
-        """The ticks to publish at `now` when `last` was the last one published (None:
-        never, or not known): the ones on time, and the missed ones by `catch_up`."""
+        """The ticks to publish at `now` when `last` was the last one published: the
+        ones on time, and the missed ones by `catch_up`. With no `last` (never
+        published, or not known) none: a new schedule starts with its next tick."""
         ticks = self._passed(last, now)
         missed = [t for t in ticks if (now - t).total_seconds() > ON_TIME_S]
         on_time = ticks[len(missed) :]
@@ -101,8 +102,7 @@ class Schedule:
 
     def _passed(self, last: datetime | None, now: datetime) -> list[datetime]:
         """The ticks in (last, now], at most MAX_CATCH_UP + 1 of the newest."""
-        start = now - timedelta(seconds=ON_TIME_S) if last is None else last
-        start = max(start, self._window_start(now))
+        start = now if last is None else max(last, self._window_start(now))
         return list(itertools.takewhile(lambda t: t <= now, self.ticks(start)))
 
     def _window_start(self, now: datetime) -> datetime:
