@@ -29,6 +29,7 @@ from .errors import (
     WorkerCrashed,
 )
 from .message import TaskMessage
+from .pacing import RateLimit
 from .middleware import Deduplicate, Middleware, Outcome
 from .policy import RetryPolicy, exponential
 from .rpc import PendingReply
@@ -53,6 +54,7 @@ __all__ = [
     "RPCError",
     "RPCTimeout",
     "RabbitWorkerError",
+    "RateLimit",
     "Reject",
     "RemoteError",
     "Retry",

@@ -12,10 +12,19 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
-from conftest import APPS, ROOT, WorkerProcess, delete_topology, eventually, get_all
+from conftest import (
+    APPS,
+    ROOT,
+    WorkerProcess,
+    delete_topology,
+    eventually,
+    get_all,
+    read_record,
+)
 
 from rabbitworker import App, TaskMessage
 from rabbitworker.schedules.beat import LOCK_RETRY_S, Beat
@@ -146,3 +155,15 @@ async def test_a_new_leader_reads_the_last_tick_from_the_broker_and_catches_up(
     finally:
         channel = await amqp.channel()
         await channel.queue_delete(state)
+
+
+async def test_a_worker_run_with_beat_publishes_and_handles_the_ticks(
+    worker_process: Any, tmp_path: Path, cleanup: None
+) -> None:
+    worker = worker_process("--app", "beat_app:app", "--beat")
+    worker.wait_consuming()
+    await until(lambda: len(read_record(tmp_path)) >= 2, 10)
+    worker.stop()
+    ids = [line[1] for line in read_record(tmp_path)]
+    assert all(i.startswith("schedule:tick:") for i in ids) and len(set(ids)) == len(ids)
+    assert "beat: leading" in worker.output

@@ -24,8 +24,8 @@ class Cleanup(TaskMessage, routing_key="sched.cleanup"):
     pass
 
 
-def at(*args: int, tz: ZoneInfo = PARIS) -> datetime:
-    return datetime(*args, tzinfo=tz)  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=PARIS)
 
 
 def paris(ticks: list[datetime]) -> list[str]:

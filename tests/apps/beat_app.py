@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from recording import name
+from recording import name, record
 
-from rabbitworker import App, TaskMessage
+from rabbitworker import App, Context, Deduplicate, TaskMessage
 
-app = App("beat", exchange=name("x"))
+app = App("beat", exchange=name("x"), middleware=[Deduplicate()])
 
 
 class Tick(TaskMessage, routing_key=name("tick")):
@@ -22,8 +22,8 @@ class NightlyReport(TaskMessage, routing_key=name("report")):
 
 
 @app.task(queue=name("ticks"))
-async def handle_tick(msg: Tick) -> None:
-    pass
+async def handle_tick(msg: Tick, ctx: Context) -> None:
+    record("tick", ctx.message_id, os.getpid())
 
 
 @app.task(queue=name("reports"))
