@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 
 import psycopg
+from tasks import DSN, TABLE, ImportRow, app
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from tasks import DSN, TABLE, ImportRow, app  # noqa: E402
-
-from rabbitworker import Worker  # noqa: E402
+from rabbitworker import Worker
 
 ROWS = int(os.environ.get("BULK_ROWS", "10000"))
 
