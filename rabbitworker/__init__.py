@@ -29,8 +29,8 @@ from .errors import (
     WorkerCrashed,
 )
 from .message import TaskMessage
-from .pacing import RateLimit
 from .middleware import Deduplicate, Middleware, Outcome
+from .pacing import RateLimit
 from .policy import RetryPolicy, exponential
 from .rpc import PendingReply
 from .worker import Worker

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .registry import Task
 
 __all__ = [
+    "AHEAD_S",
     "FleetPace",
     "LocalPace",
     "Pace",
@@ -37,6 +38,8 @@ __all__ = [
 
 Scope = Literal["process", "fleet"]
 
+# A process reserves at most this many seconds' worth of a task's starts ahead.
+AHEAD_S = 0.05
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 
@@ -150,13 +153,14 @@ class FleetPace:
 class TaskPacer:
     """One task's admission: its concurrency permits, then its turn under the rate.
 
-    Reservations are taken one at a time per process, so a process never holds more
-    than one future start of a task (a stopped process wastes at most that one)."""
+    A process holds at most `ahead` reserved future starts of a task at once (a
+    stopped process wastes no more than those): one for a slow rate, as many as
+    AHEAD_S seconds of starts for a fast one, whose Redis round trips then overlap."""
 
-    def __init__(self, *, pace: Pace | None, concurrency: int | None) -> None:
+    def __init__(self, *, pace: Pace | None, concurrency: int | None, ahead: int = 1) -> None:
         self.pace = pace
         self._permits = asyncio.Semaphore(concurrency) if concurrency else None
-        self._turn = asyncio.Lock()
+        self._turn = asyncio.Semaphore(ahead)
 
     async def admit(self) -> None:
         """Wait until the handler may start; `release()` once it ended."""
@@ -202,8 +206,9 @@ class Pacing(Middleware):
                 pace = shared.get(key)
                 if pace is None:
                     pace = shared[key] = _pace(limit, f"{namespace}:{key}", results_url)
+            ahead = max(1, math.floor(limit.per_second * AHEAD_S)) if limit else 1
             pacers[task.queue, task.message_type.routing_key] = TaskPacer(
-                pace=pace, concurrency=task.concurrency
+                pace=pace, concurrency=task.concurrency, ahead=ahead
             )
         return cls(pacers, list(shared.values())) if pacers else None
 
