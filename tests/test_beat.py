@@ -167,3 +167,51 @@ async def test_a_worker_run_with_beat_publishes_and_handles_the_ticks(
     ids = [line[1] for line in read_record(tmp_path)]
     assert all(i.startswith("schedule:tick:") for i in ids) and len(set(ids)) == len(ids)
     assert "beat: leading" in worker.output
+
+
+async def test_a_leader_cut_off_from_the_broker_is_replaced_after_its_heartbeat_timeout(
+    make_app: Callable[..., App],
+    proxy: Any,
+    broker_url: str,
+    amqp: aio_pika.abc.AbstractRobustConnection,
+    prefix: str,
+) -> None:
+    class Tick(TaskMessage, routing_key=f"{prefix}.tick"):
+        pass
+
+    def tasks(app: App) -> App:
+        @app.task(queue=f"{prefix}.ticks")
+        async def handle(msg: Tick) -> None:
+            pass
+
+        app.schedule(Tick(), every=timedelta(seconds=1), name="tick")
+        return app
+
+    cut_off = tasks(App("test", url=proxy.url(broker_url), exchange=f"{prefix}.x", heartbeat=2))
+    healthy = tasks(make_app())
+    leader, standby = Beat(cut_off), Beat(healthy)
+    try:
+        async with cut_off, healthy:
+            running = [asyncio.create_task(leader.run())]
+            await eventually(lambda: leader.published >= 1)
+            running.append(asyncio.create_task(standby.run()))
+            # Silent both ways (no close reaches either side), and new connections
+            # hang in their handshake: the leader is cut off, not closed.
+            proxy.hold()
+            proxy.hold(on="Connection.StartOk")
+            takeover = await until(lambda: standby.published >= 1, 15)
+            print(f"\ntakeover after a cut-off (heartbeat 2 s): {takeover:.2f} s")
+            # Documented: about three heartbeats; some slack for a loaded machine.
+            assert takeover <= 4 * 2 + LOCK_RETRY_S + 1
+            assert not leader.leading.is_set()
+            await until(lambda: standby.published >= 3, 5)
+            for beat in (leader, standby):
+                beat.stop()
+            proxy.cut()
+            await asyncio.gather(*running)
+        ids = [m.message_id for m in await get_all(amqp, f"{prefix}.ticks")]
+        assert len(ids) == len(set(ids)) and len(ids) >= leader.published + 3
+    finally:
+        await cut_off.close()
+        channel = await amqp.channel()
+        await channel.queue_delete(beat_state_queue_spec(f"{prefix}.x", "tick").name)

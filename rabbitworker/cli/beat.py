@@ -31,7 +31,7 @@ HeartbeatOpt = Annotated[
 def beat(
     app_path: AppOpt = None,
     url: UrlOpt = None,
-    heartbeat: HeartbeatOpt = 5,
+    heartbeat: HeartbeatOpt = 2,
     log_level: Annotated[str, typer.Option(metavar="LEVEL")] = "INFO",
 ) -> None:
     """Publish the app's scheduled messages (one leader among all beat processes)."""

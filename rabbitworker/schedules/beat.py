@@ -94,8 +94,21 @@ class Beat:
         return list(self.app.schedules)
 
     async def _try(self, take_lock: Callable[[str], Any], name: str) -> Any:
+        """The lock, or None when another process holds it, the broker cannot be
+        reached now, or the beat was stopped meanwhile."""
+        attempt = asyncio.ensure_future(take_lock(name))
+        stopped = asyncio.ensure_future(self._stop.wait())
         try:
-            return await take_lock(name)
+            await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            return None
+        try:
+            return attempt.result()
         except RabbitWorkerError as exc:
             log.debug("beat: cannot try for the leadership now: %s", exc)
             return None
@@ -148,7 +161,11 @@ class Beat:
 
     async def _publish(self, schedule: Schedule, tick: datetime) -> None:
         message_id = tick_id(schedule.name, tick)
-        await self.app.publish(schedule.message, message_id=message_id)
+        session = self.app.session
+        key, body, properties, _ = session.producer.encode(schedule.message, message_id=message_id)
+        # Not sent again after a reconnect: by then another beat may lead (and have
+        # published this tick), since the lock went with the old connection.
+        await session.transport.send(self.app.exchange, key, body, properties, resend=False)
         self.published += 1
         self._last[schedule.name] = tick
         log.info("beat: published %s", message_id)
