@@ -57,7 +57,7 @@ class Beat:
         self.app = app
         self.clock = clock
         self.retry_interval = retry_interval
-        self.leading = asyncio.Event()
+        self.leading = asyncio.Event()  # set while leading, its schedules' state read
         self.published = 0
         self._stop = asyncio.Event()
         self._last: dict[str, datetime | None] = {}
@@ -79,7 +79,6 @@ class Beat:
             if lock is None:
                 await self._pause(self.retry_interval, None)
                 continue
-            self.leading.set()
             log.info("beat: leading (holding %s)", name)
             try:
                 await self._lead(lock)
@@ -129,6 +128,7 @@ class Beat:
             for schedule in self.schedules:
                 # Never published (or its state was lost): it starts from now.
                 self._last[schedule.name] = await self._load(schedule) or self.clock()
+            self.leading.set()
             while lock.held and not self._stop.is_set():
                 if await self._publish_due(lock):
                     await self._pause(self._until_next(), lock)
