@@ -13,6 +13,7 @@ between hosts (the script reads Redis's clock).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import time
@@ -35,6 +36,8 @@ __all__ = [
     "TaskPacer",
     "parse_rate",
 ]
+
+log = logging.getLogger("rabbitworker.pacing")
 
 Scope = Literal["process", "fleet"]
 
@@ -132,18 +135,40 @@ return tat - now
 
 
 class FleetPace:
-    """Starts spaced by 1/rate across every process that uses the same Redis key."""
+    """Starts spaced by 1/rate across every process that uses the same Redis key.
 
-    def __init__(self, per_second: float, *, url: str, key: str) -> None:
+    While Redis cannot be reached (each call waits at most `timeout` seconds) the
+    process paces itself at the full rate and says so once per outage: the fleet may
+    then start up to N times the rate, but no message waits on Redis or fails."""
+
+    def __init__(self, per_second: float, *, url: str, key: str, timeout: float = 1.0) -> None:
         from redis.asyncio import Redis
 
         self.interval_us = max(1, math.ceil(1_000_000 / per_second))
         self.key = key
-        self._redis: Any = Redis.from_url(url)
+        self._redis: Any = Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
         self._script: Any = self._redis.register_script(_GCRA)
+        self._fallback = LocalPace(per_second)
+        self.degraded = False
 
     async def reserve(self) -> float:
-        waited = await self._script(keys=[self.key], args=[self.interval_us])
+        try:
+            waited = await self._script(keys=[self.key], args=[self.interval_us])
+        except Exception as exc:
+            if not self.degraded:
+                log.warning(
+                    "fleet rate limit %s: Redis unreachable (%s); pacing this process "
+                    "alone until it is back",
+                    self.key,
+                    exc,
+                )
+                self.degraded = True
+            return await self._fallback.reserve()
+        if self.degraded:
+            log.warning("fleet rate limit %s: Redis is back", self.key)
+            self.degraded = False
         return max(0, int(waited)) / 1_000_000
 
     async def close(self) -> None:

@@ -53,6 +53,19 @@ async def test_two_fleet_paces_on_one_redis_key_share_the_rate(redis_url: str, p
         await b.close()
 
 
+async def test_a_fleet_pace_without_its_redis_paces_the_process_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pace = FleetPace(10, url="redis://127.0.0.1:1/0", key="unreachable")
+    try:
+        waits = [await pace.reserve() for _ in range(3)]
+    finally:
+        await pace.close()
+    assert waits == pytest.approx([0, 0.1, 0.2], abs=0.05)
+    assert pace.degraded
+    assert sum("Redis unreachable" in r.message for r in caplog.records) == 1
+
+
 def test_a_fleet_limit_without_a_redis_is_a_configuration_error() -> None:
     class Job(TaskMessage, routing_key="pacing.job"):
         pass

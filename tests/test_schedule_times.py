@@ -151,3 +151,10 @@ def test_the_schedules_command_lists_each_schedule_with_its_next_runs() -> None:
     assert len(rows["tick"]["next"]) == 2
     text = rabbitworker("schedules", "--app", "beat_app:app")
     assert "nightly-report: " in text.stdout and "catch_up=latest" in text.stdout
+
+
+def test_beat_for_an_app_without_schedules_is_one_error_line() -> None:
+    run = rabbitworker("beat", "--app", "two_queues:app")
+    assert run.error_line() == (
+        "error: app 'two-queues' has no schedules: declare them with app.schedule(...)"
+    )

@@ -12,7 +12,7 @@ import typer
 
 from ..logs import setup_logging
 from ..schedules.beat import Beat, utc_now
-from .common import AppOpt, JsonOpt, UrlOpt, friendly, get_app
+from .common import AppOpt, JsonOpt, UrlOpt, fail, friendly, get_app
 
 __all__ = ["beat", "schedules"]
 
@@ -36,6 +36,8 @@ def beat(
 ) -> None:
     """Publish the app's scheduled messages (one leader among all beat processes)."""
     app = get_app(app_path, url, heartbeat=heartbeat)
+    if not len(app.schedules):
+        fail(f"app {app.name!r} has no schedules: declare them with app.schedule(...)")
     setup_logging(log_level.upper(), app.settings.url)
     asyncio.run(_beat(Beat(app)))
 

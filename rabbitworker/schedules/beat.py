@@ -86,7 +86,8 @@ class Beat:
                 self.leading.clear()
                 await lock.release(self.retry_interval)
             if not self._stop.is_set():
-                log.warning("beat: lost the leadership (connection lost); standing by")
+                log.warning("beat: lost the leadership; standing by")
+                await self._pause(self.retry_interval, None)
 
     @property
     def schedules(self) -> list[Schedule]:
