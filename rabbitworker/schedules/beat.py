@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -143,15 +143,31 @@ class Beat:
         now = self.clock()
         for schedule in self.schedules:
             for tick in schedule.due(self._last.get(schedule.name), now):
-                if not lock.held:
-                    return True
                 try:
-                    await self._publish(schedule, tick)
+                    if not await self._while_held(lock, self._publish(schedule, tick)):
+                        return True
                 except RabbitWorkerError as exc:
                     log.error("beat: publishing %s failed: %s", tick_id(schedule.name, tick), exc)
                     return False
             self._last[schedule.name] = schedule.latest(now, self._last.get(schedule.name))
         return True
+
+    async def _while_held(self, lock: Any, step: Coroutine[Any, Any, None]) -> bool:
+        """Run `step` unless the lock is lost first (then cancel it and return False):
+        a publish waiting out an outage must not go on once another beat may lead."""
+        running = asyncio.ensure_future(step)
+        lost = asyncio.ensure_future(lock.wait_lost())
+        try:
+            await asyncio.wait({running, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if running.done():
+            running.result()
+            return True
+        running.cancel()
+        with contextlib.suppress(BaseException):
+            await running
+        return False
 
     def _until_next(self) -> float:
         now = self.clock()
