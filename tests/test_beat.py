@@ -9,7 +9,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ from conftest import (
     read_record,
 )
 
-from rabbitworker import App, TaskMessage
+from rabbitworker import App, Context, Deduplicate, TaskMessage, Worker
+from rabbitworker.schedules import tick_id
 from rabbitworker.schedules.beat import LOCK_RETRY_S, Beat
 from rabbitworker.topology import beat_state_queue_spec
 
@@ -216,3 +217,31 @@ async def test_a_leader_cut_off_from_the_broker_is_replaced_after_its_heartbeat_
         await cut_off.close()
         channel = await amqp.channel()
         await channel.queue_delete(beat_state_queue_spec(f"{prefix}.x", "tick").name)
+
+
+async def test_a_tick_published_twice_runs_once_on_a_worker_with_deduplicate(
+    make_app: Callable[..., App],
+    start_worker: Callable[..., Awaitable[Worker]],
+    prefix: str,
+) -> None:
+    class Tick(TaskMessage, routing_key=f"{prefix}.tick"):
+        pass
+
+    dedup = Deduplicate()
+    app = make_app(middleware=[dedup])
+    ran: list[str] = []
+
+    @app.task(queue=f"{prefix}.ticks")
+    async def handle(msg: Tick, ctx: Context) -> None:
+        ran.append(ctx.message_id)
+
+    tick = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    await start_worker(app)
+    # What two leaders around a takeover would send: the same tick, the same id
+    # (the second one a moment later: the new leader's start takes a second).
+    await app.publish(Tick(), message_id=tick_id("tick", tick))
+    await eventually(lambda: len(ran) == 1)
+    await app.publish(Tick(), message_id=tick_id("tick", tick))
+    await app.publish(Tick(), message_id=tick_id("tick", tick + timedelta(seconds=1)))
+    await eventually(lambda: len(ran) == 2 and dedup.skipped == 1)
+    assert ran == ["schedule:tick:2026-05-01T12:00:00Z", "schedule:tick:2026-05-01T12:00:01Z"]
