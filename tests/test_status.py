@@ -1,0 +1,86 @@
+"""`rabbitworker status`: the counts per queue match what a test published,
+retried and dead-lettered, in the library, as a table and as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import APPS, eventually, read_record
+
+from rabbitworker.status import QueueStatus, gather_status, status_table
+
+sys.path.insert(0, str(APPS))
+
+from failures_support import run_cli
+
+
+async def test_status_counts_what_was_published_retried_and_dead_lettered(
+    app_module: Any, start_worker: Any, broker_url: str, prefix: str, tmp_path: Path
+) -> None:
+    m = app_module("ops_console")
+    queue = m.name("jobs")
+    async with m.app:
+        for n, outcome in enumerate(["ok", "retry", "reject", "ok"]):
+            await m.app.publish(m.Job(n=n, outcome=outcome))
+        [waiting] = await gather_status(m.app)
+        assert (waiting.queue, waiting.ready, waiting.consumers) == (queue, 4, 0)
+        assert (waiting.retrying, waiting.dead_letters, waiting.suspects) == (0, 0, 0)
+        assert waiting.unacked is None  # plain AMQP does not tell
+
+        await start_worker(m.app)
+        settled: list[QueueStatus] = []
+
+        async def settles() -> bool:
+            settled[:] = await gather_status(m.app)
+            s = settled[0]
+            return (s.ready, s.retrying, s.dead_letters) == (0, 1, 1)
+
+        await eventually(settles, timeout=20)
+        [now] = settled
+        assert now.consumers == 1
+        assert now.retry_queues == {f"{queue}.retry.60000": 1}
+        done = sorted(line[1] for line in read_record(tmp_path) if line[0] == "done")
+        assert done == ["0", "3"]
+
+        table = status_table(settled).splitlines()
+        assert table[0].split() == [
+            "QUEUE", "READY", "UNACKED", "CONSUMERS", "RETRYING", "SUSPECTS", "DLQ"
+        ]  # fmt: skip
+        assert table[1].split() == [queue, "0", "-", "1", "1", "0", "1"]
+
+        # The command line says the same, for people and for scripts.
+        args = ("status", "--app", "ops_console:app")
+        shown = await run_cli(*args, broker_url=broker_url, prefix=prefix, record=tmp_path / "r")
+        assert shown.code == 0, shown.stderr
+        assert shown.stdout.splitlines()[1].split() == [queue, "0", "-", "1", "1", "0", "1"]
+        as_json = await run_cli(
+            *args, "--json", broker_url=broker_url, prefix=prefix, record=tmp_path / "r"
+        )
+        assert as_json.code == 0, as_json.stderr
+        [row] = json.loads(as_json.stdout)
+        assert row["queue"] == queue
+        assert (row["ready"], row["consumers"], row["retrying"], row["dead_letters"]) == (
+            0,
+            1,
+            1,
+            1,
+        )
+
+
+async def test_status_with_an_unreachable_management_api_is_one_line_without_the_password(
+    app_module: Any, broker_url: str, prefix: str, tmp_path: Path
+) -> None:
+    app_module("ops_console")
+    secret = f"pw-{prefix}"
+    shown = await run_cli(
+        "status", "--app", "ops_console:app", "--management-url",
+        f"http://admin:{secret}@127.0.0.1:1/",
+        broker_url=broker_url, prefix=prefix, record=tmp_path / "r",
+    )  # fmt: skip
+    assert shown.code == 2
+    assert shown.stderr.count("\n") == 1
+    assert "management API at http://127.0.0.1:1 did not answer" in shown.stderr
+    assert secret not in shown.stderr + shown.stdout
