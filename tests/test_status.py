@@ -3,13 +3,21 @@ retried and dead-lettered, in the library, as a table and as JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from conftest import APPS, eventually, read_record
+from dashboard_support import free_port
+from nodes import RabbitNode
 
+from rabbitworker import App, TaskMessage
 from rabbitworker.status import QueueStatus, gather_status, status_table
 
 sys.path.insert(0, str(APPS))
@@ -84,3 +92,80 @@ async def test_status_with_an_unreachable_management_api_is_one_line_without_the
     assert shown.stderr.count("\n") == 1
     assert "management API at http://127.0.0.1:1 did not answer" in shown.stderr
     assert secret not in shown.stderr + shown.stdout
+
+
+def enable_management(node: RabbitNode) -> None:
+    """Enable the management plugin on a harness node (never the shared one): the
+    plugins file named must be the node's, or rabbitmq-plugins writes /etc/rabbitmq's."""
+    plugins_file = node.home / "enabled_plugins"
+    assert plugins_file.exists()
+    env = {**os.environ, "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins_file)}
+    subprocess.run(
+        ["rabbitmq-plugins", "-q", "-n", node.name, "enable", "rabbitmq_management"],
+        env=env, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert "rabbitmq_management" in plugins_file.read_text()
+
+
+async def test_status_with_the_management_api_adds_unacked_counts_and_rates(
+    make_rabbit_node: Any, prefix: str, start_worker: Any
+) -> None:
+    """About 25 s: the shared node has no management plugin and must not get one, so
+    this starts a node of its own and enables the plugin there."""
+    port = free_port()
+    node = make_rabbit_node(
+        {
+            "management.tcp.port": port,
+            "management.tcp.ip": "127.0.0.1",
+            "collect_statistics_interval": 500,
+        }
+    )
+    enable_management(node)
+    api = f"http://127.0.0.1:{port}/"
+    await eventually(lambda: _answers(api), timeout=30, interval=0.2)
+
+    app = App("ops-management", url=node.url, exchange=f"{prefix}.x")
+    release = asyncio.Event()
+
+    class Slow(TaskMessage, routing_key=f"{prefix}.slow"):
+        n: int
+
+    @app.task(queue=f"{prefix}.slow")
+    async def slow(msg: Slow) -> None:
+        await release.wait()
+
+    try:
+        async with app:
+            for n in range(5):
+                await app.publish(Slow(n=n))
+            await start_worker(app, concurrency=2, prefetch=2)
+            seen: list[QueueStatus] = []
+
+            async def two_held() -> bool:
+                seen[:] = await gather_status(app, management_url=api)
+                return (seen[0].ready, seen[0].unacked) == (3, 2)
+
+            await eventually(two_held, timeout=20, interval=0.2)
+            [row] = seen
+            assert row.consumers == 1
+            assert row.publish_rate is not None and row.deliver_rate is not None
+            lines = status_table(seen, rates=True).splitlines()
+            assert lines[0].split()[-2:] == ["PUBLISH/S", "DELIVER/S"]
+            assert lines[1].split()[:3] == [f"{prefix}.slow", "3", "2"]
+            release.set()
+    finally:
+        release.set()
+        await app.close()
+
+
+async def _answers(url: str) -> bool:
+    def get() -> bool:
+        try:
+            with urllib.request.urlopen(url + "api/overview", timeout=2) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as exc:
+            return exc.code == 401  # up, and asking for the login
+        except OSError:
+            return False
+
+    return await asyncio.to_thread(get)

@@ -90,7 +90,7 @@ def _letter_row(d: DeadLetter) -> str:
         f'aria-label="select {escape(d.message_id)}"></td>'
         f'<td class="text"><code>{escape(d.message_id)}</code></td>'
         f'<td class="text">{escape(d.type)}</td><td>{d.attempts}</td>'
-        f'<td class="text">{escape(d.failed_at)}</td>'
+        f'<td class="text when">{escape(d.failed_at)}</td>'
         f'<td class="text"><b>{escape(d.error_type)}</b>: {escape(d.error_message)}</td>'
         f'<td class="text"><details><summary>body</summary><pre>{escape(_pretty(d.body))}'
         "</pre></details></td></tr>"

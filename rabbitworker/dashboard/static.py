@@ -17,6 +17,7 @@ table { border-collapse: collapse; background: #fff; }
 th, td { padding: 5px 10px; border-bottom: 1px solid #e3e6ea; text-align: right; }
 th { background: #eef1f4; font-weight: 600; }
 td.name, th.name, td.text { text-align: left; }
+td.when { white-space: nowrap; }
 td.bad { color: #b3261e; font-weight: 600; }
 pre { margin: 4px 0; white-space: pre-wrap; max-width: 70ch; }
 .note { padding: 6px 10px; background: #e6f4ea; border: 1px solid #b7dfc2; margin-bottom: 12px; }
