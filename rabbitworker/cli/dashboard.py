@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from ..app import App
 from ..errors import ConfigurationError
 from .common import AppOpt, UrlOpt, fail, friendly, get_app
 from .status import ManagementOpt
@@ -24,7 +25,7 @@ def dashboard(
     host: Annotated[
         str, typer.Option(help="address to bind; anything but loopback needs --auth")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8000,
     auth: Annotated[
         str | None,
         typer.Option(
@@ -56,7 +57,12 @@ def dashboard(
         app, credentials=credentials, management_url=management_url, interval=interval
     )
     config = uvicorn.Config(web, host=host, port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
     shown = f"[{host}]" if ":" in host else host
-    typer.echo(f"dashboard of {app.name} on http://{shown}:{port}/ (Ctrl-C to stop)")
-    asyncio.run(server.serve())
+    asyncio.run(_serve(app, uvicorn.Server(config), f"http://{shown}:{port}/"))
+
+
+async def _serve(app: App, server: Any, address: str) -> None:
+    # Connected first, so an unreachable broker is one line and exit code 2.
+    async with app:
+        typer.echo(f"dashboard of {app.name} on {address} (Ctrl-C to stop)")
+        await server.serve()
