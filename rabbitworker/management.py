@@ -16,7 +16,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from .errors import ConfigurationError, ConnectionFailed
 from .urls import mask_url, parse_broker_url
 
-__all__ = ["ManagementQueue", "fetch_queues", "management_target"]
+__all__ = ["ManagementQueue", "ManagementTarget", "fetch_queues", "management_target"]
 
 TIMEOUT_S = 10.0
 
@@ -34,13 +34,13 @@ class ManagementQueue:
 
 
 @dataclass(frozen=True)
-class _Target:
+class ManagementTarget:
     base: str  # scheme://host:port/path, no credentials
     authorization: str
     vhost: str
 
 
-def management_target(management_url: str, broker_url: str) -> _Target:
+def management_target(management_url: str, broker_url: str) -> ManagementTarget:
     """Where to ask and as whom: the credentials of `management_url`, or else the
     broker URL's; the vhost of the broker URL. Raises `ConfigurationError`."""
     parts = urlsplit(management_url)
@@ -58,7 +58,7 @@ def management_target(management_url: str, broker_url: str) -> _Target:
         netloc = f"[{parts.hostname}]" + ("" if parts.port is None else f":{parts.port}")
     base = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return _Target(base, f"Basic {token}", broker.vhost)
+    return ManagementTarget(base, f"Basic {token}", broker.vhost)
 
 
 async def fetch_queues(
@@ -74,7 +74,7 @@ async def fetch_queues(
     return {q.name: q for q in found if q is not None}
 
 
-def _fetch(target: _Target, queue: str) -> ManagementQueue | None:
+def _fetch(target: ManagementTarget, queue: str) -> ManagementQueue | None:
     url = f"{target.base}/api/queues/{quote(target.vhost, safe='')}/{quote(queue, safe='')}"
     request = urllib.request.Request(url, headers={"Authorization": target.authorization})
     try:

@@ -18,6 +18,7 @@ from conftest import APPS, ROOT, eventually, queue_depth
 from dashboard_support import start_dashboard  # noqa: F401  (fixture)
 from test_masking import BrokerUser, broker_user  # noqa: F401  (fixture)
 
+from rabbitworker.dashboard import Credentials, is_loopback, parse_auth
 from rabbitworker.topology import dead_letter_queue_name
 
 
@@ -152,3 +153,12 @@ async def test_the_broker_password_reaches_no_page(
         assert broker_user.marker not in text
         assert quote(broker_user.password, safe="") not in text
     assert broker_user.marker not in board.output
+
+
+def test_only_loopback_addresses_count_as_local() -> None:
+    for host in ("127.0.0.1", "127.1.2.3", "localhost", "::1", "[::1]"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.168.1.10", "example.com", ""):
+        assert not is_loopback(host), host
+    assert parse_auth("ops:a:b") == Credentials("ops", "a:b")
+    assert "a:b" not in repr(parse_auth("ops:a:b"))

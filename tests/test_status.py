@@ -4,20 +4,26 @@ retried and dead-lettered, in the library, as a table and as JSON."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import APPS, eventually, read_record
+import pytest
+from conftest import APPS, ROOT, eventually, read_record
 from dashboard_support import free_port
 from nodes import RabbitNode
 
 from rabbitworker import App, TaskMessage
+from rabbitworker.errors import ConfigurationError
+from rabbitworker.management import management_target
 from rabbitworker.status import QueueStatus, gather_status, status_table
 
 sys.path.insert(0, str(APPS))
@@ -169,3 +175,50 @@ async def _answers(url: str) -> bool:
             return False
 
     return await asyncio.to_thread(get)
+
+
+def test_status_watch_redraws_until_interrupted(
+    app_module: Any, broker_url: str, prefix: str, tmp_path: Path
+) -> None:
+    app_module("ops_console")
+    env = {
+        **os.environ,
+        "RABBITWORKER_URL": broker_url,
+        "RW_TEST_PREFIX": prefix,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(APPS)]),
+    }
+    out = tmp_path / "watch.txt"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rabbitworker", "status", "--app", "ops_console:app",
+             "--watch", "--interval", "0.2"],
+            cwd=APPS, env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while out.read_text().count("QUEUE") < 3:
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(30)
+    # Each screen starts with a title line (the escape that clears a terminal is
+    # left out when the output is not one).
+    lines = out.read_text().splitlines()
+    titles = [i for i, line in enumerate(lines) if line.endswith("(Ctrl-C to stop)")]
+    assert len(titles) >= 3
+    assert lines[titles[0]].startswith("ops-console  ")
+    assert lines[titles[0] + 2].split()[:2] == [f"{prefix}.jobs", "0"]
+    assert code == 130
+
+
+def test_the_management_login_defaults_to_the_broker_urls() -> None:
+    own = management_target("http://admin:p%40ss@mq:15672/x/", "amqp://u:pw@mq/prod")
+    assert (own.base, own.vhost) == ("http://mq:15672/x", "prod")
+    assert base64.b64decode(own.authorization.split()[1]) == b"admin:p@ss"
+    borrowed = management_target("https://mq/", "amqp://u:pw@mq:5671/")
+    assert (borrowed.base, borrowed.vhost) == ("https://mq", "/")
+    assert base64.b64decode(borrowed.authorization.split()[1]) == b"u:pw"
+    with pytest.raises(ConfigurationError, match=r"http\(s\)://host:port/"):
+        management_target("amqp://u:secret@mq/", "amqp://u:pw@mq/")
