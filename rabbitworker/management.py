@@ -9,7 +9,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
@@ -36,8 +36,8 @@ class ManagementQueue:
 @dataclass(frozen=True)
 class ManagementTarget:
     base: str  # scheme://host:port/path, no credentials
-    authorization: str
-    vhost: str
+    authorization: str = field(repr=False)
+    vhost: str = "/"
 
 
 def management_target(management_url: str, broker_url: str) -> ManagementTarget:

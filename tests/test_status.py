@@ -105,12 +105,15 @@ def enable_management(node: RabbitNode) -> None:
     plugins file named must be the node's, or rabbitmq-plugins writes /etc/rabbitmq's."""
     plugins_file = node.home / "enabled_plugins"
     assert plugins_file.exists()
+    shared = Path("/etc/rabbitmq/enabled_plugins")
+    before = shared.read_bytes() if shared.exists() else None
     env = {**os.environ, "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins_file)}
     subprocess.run(
         ["rabbitmq-plugins", "-q", "-n", node.name, "enable", "rabbitmq_management"],
         env=env, check=True, capture_output=True, timeout=120,
     )  # fmt: skip
     assert "rabbitmq_management" in plugins_file.read_text()
+    assert (shared.read_bytes() if shared.exists() else None) == before, "shared node touched"
 
 
 async def test_status_with_the_management_api_adds_unacked_counts_and_rates(
