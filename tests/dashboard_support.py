@@ -3,21 +3,42 @@ a free loopback port, and find the Chromium the browser test drives."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aio_pika
 import httpx
 import pytest
+import uvicorn
 from conftest import APPS, ROOT
 
-__all__ = ["DashboardProcess", "chromium", "free_port", "start_dashboard"]
+from rabbitworker import App, TaskMessage
+from rabbitworker.dashboard import create_dashboard
+from rabbitworker.topology import dead_letter_queue_name
+
+__all__ = [
+    "DashboardProcess",
+    "board_app",
+    "chromium",
+    "csrf_token",
+    "dashboard_client",
+    "free_port",
+    "keep_logging",
+    "put_dead_letters",
+    "start_dashboard",
+]
 
 
 def free_port() -> int:
@@ -110,3 +131,74 @@ def chromium() -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def dashboard_client(app: App, **options: Any) -> Iterator[httpx.Client]:
+    """The dashboard of `app` served by uvicorn in this process (its own event loop,
+    in a thread), and a client for it that does not follow redirects."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_dashboard(app, **options), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive(), "the dashboard did not start"
+        assert time.monotonic() < deadline, "the dashboard did not start within 30 s"
+        time.sleep(0.02)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def board_app(make_app: Callable[..., App], prefix: str) -> tuple[App, str]:
+    """An app with one queue (`<prefix>.jobs`) and a handler that does nothing."""
+    app = make_app("board")
+
+    class Job(TaskMessage, routing_key=f"{prefix}.job"):
+        n: int
+
+    @app.task(queue=f"{prefix}.jobs")
+    async def job(msg: Job) -> None:
+        pass
+
+    return app, f"{prefix}.jobs"
+
+
+async def put_dead_letters(amqp: Any, queue: str, *ids: str, type: str = "job") -> None:
+    """Dead letters straight into `queue`'s dead-letter queue, as a worker leaves them."""
+    channel = await amqp.channel()
+    for n, message_id in enumerate(ids):
+        body = f'{{"n": {n}}}'.encode()
+        headers: dict[str, Any] = {
+            "x-error-type": "ValueError",
+            "x-error-message": f"job {n} failed",
+        }
+        message = aio_pika.Message(body, message_id=message_id, type=type, headers=headers)
+        await channel.default_exchange.publish(message, dead_letter_queue_name(queue))
+    await channel.close()
+
+
+def csrf_token(page: str) -> str:
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
+@pytest.fixture
+def keep_logging() -> Iterator[None]:
+    """Restore the logging set-up after a test that runs a CLI command in this process
+    (commands install their own root handler and levels)."""
+    names = ("", "aio_pika", "aiormq")
+    saved = [(logging.getLogger(n), logging.getLogger(n).level) for n in names]
+    handlers = logging.getLogger().handlers[:]
+    yield
+    logging.getLogger().handlers[:] = handlers
+    for logger, level in saved:
+        logger.setLevel(level)

@@ -13,15 +13,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 from conftest import APPS, ROOT, eventually, read_record
-from dashboard_support import free_port
+from dashboard_support import free_port, keep_logging  # noqa: F401  (fixture)
 from nodes import RabbitNode
+from typer.testing import CliRunner
 
 from rabbitworker import App, TaskMessage
+from rabbitworker.cli import cli
 from rabbitworker.errors import ConfigurationError
 from rabbitworker.management import management_target
 from rabbitworker.status import QueueStatus, gather_status, status_table
@@ -225,3 +229,29 @@ def test_the_management_login_defaults_to_the_broker_urls() -> None:
     assert base64.b64decode(borrowed.authorization.split()[1]) == b"u:pw"
     with pytest.raises(ConfigurationError, match=r"http\(s\)://host:port/"):
         management_target("amqp://u:secret@mq/", "amqp://u:pw@mq/")
+
+
+def test_status_json_for_an_app_whose_queues_are_empty(
+    make_app: Callable[..., App],
+    prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    keep_logging: None,  # noqa: F811
+) -> None:
+    # In this process, through the command's own code: the app is connected and
+    # closed by the command.
+    module = ModuleType(f"{prefix.replace('-', '_')}_tasks")
+    module.app = app = make_app("fresh")  # type: ignore[attr-defined]
+
+    class Ping(TaskMessage, routing_key=f"{prefix}.ping"):
+        pass
+
+    @app.task(queue=f"{prefix}.ping")
+    async def ping(msg: Ping) -> None:
+        pass
+
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    shown = CliRunner().invoke(cli, ["status", "--app", f"{module.__name__}:app", "--json"])
+    assert shown.exit_code == 0, shown.stderr
+    [row] = json.loads(shown.stdout)
+    assert row["queue"] == f"{prefix}.ping"
+    assert (row["ready"], row["consumers"], row["dead_letters"]) == (0, 0, 0)

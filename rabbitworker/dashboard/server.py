@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from .. import dlq
 from ..errors import ConfigurationError, RabbitWorkerError
-from ..logs import mask_secrets
+from ..logs import hide_password, mask_secrets
 from ..status import QueueStatus, gather_status
 from ..topology import dead_letter_queue_name
 from . import pages
@@ -211,6 +211,9 @@ def create_dashboard(
     interval: float = 2.0,
 ) -> Starlette:
     """The dashboard for `app`, which it connects on startup and closes on shutdown."""
+    for url in (app.settings.url, management_url):
+        if url:
+            hide_password(url)  # masked in every page and error from now on
     monitor = Monitor(app, management_url, interval)
     security = Security(credentials)
     board = Dashboard(app, monitor, security)
