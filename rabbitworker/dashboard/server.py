@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Monitor", "create_dashboard"]
 
+log = logging.getLogger(__name__)
 LIST_LIMIT = 100
 Point = tuple[float, int | None, float | None]  # time, ready, handled per second
 
@@ -65,7 +67,11 @@ class Monitor:
 
     async def run(self) -> None:
         while True:
-            await self.sample()
+            try:
+                await self.sample()
+            except Exception as exc:  # a bug must not stop the sampling for good
+                self.error = mask_secrets(f"{type(exc).__name__}: {exc}")
+                log.exception("dashboard: sampling the queues failed")
             await asyncio.sleep(self.interval)
 
     def as_json(self) -> dict[str, Any]:
