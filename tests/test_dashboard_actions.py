@@ -69,6 +69,8 @@ async def test_several_then_all_dead_letters_are_replayed_from_the_page(
         assert '<td data-key="ready">4</td>' in queues
 
         assert client.get("/queues/no-such-queue/dead-letters").status_code == 404
+        odd = client.get(page, params={"replayed": "<b>x</b>"})
+        assert (odd.status_code, "Replayed" in odd.text, "<b>x" in odd.text) == (200, False, False)
         assert (
             client.get("/static/dashboard.js").headers["content-type"].startswith("text/javascript")
         )
@@ -80,9 +82,13 @@ async def test_a_purge_asks_for_confirmation_first(
     app, queue = board_app(make_app, prefix)
     dlq = dead_letter_queue_name(queue)
     with dashboard_client(app) as client:
-        await put_dead_letters(amqp, queue, "a", "b")
+        await put_dead_letters(amqp, queue, "a", '<i id="x">b</i>')
         page = f"/queues/{quote(queue, safe='')}/dead-letters"
-        token = csrf_token(client.get(page).text)
+        listing = client.get(page).text
+        token = csrf_token(listing)
+        # What the broker holds is shown as text, never as markup.
+        assert '<i id="x">' not in listing
+        assert "&lt;i id=&quot;x&quot;&gt;b&lt;/i&gt;" in listing
         asked = client.get(f"{page}/purge")
         assert "Delete all 2 dead letter(s)" in asked.text
         unconfirmed = client.post(f"{page}/purge", data={"csrf": token})

@@ -189,11 +189,11 @@ def _nothing_selected(queue: str) -> str:
 
 
 def _note(request: Request) -> str:
-    params = request.query_params
-    if "replayed" in params:
-        return f"Replayed {int(params['replayed'])} message(s)."
-    if "purged" in params:
-        return f"Purged {int(params['purged'])} dead letter(s)."
+    replayed, purged = (request.query_params.get(k, "") for k in ("replayed", "purged"))
+    if replayed.isdigit():
+        return f"Replayed {int(replayed)} message(s)."
+    if purged.isdigit():
+        return f"Purged {int(purged)} dead letter(s)."
     return ""
 
 
