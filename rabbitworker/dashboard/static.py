@@ -72,9 +72,12 @@ SCRIPT = """
     table.querySelectorAll("tr[data-queue]").forEach(function (tr) {
       rows[tr.dataset.queue] = tr;
     });
+    if (data.rows.some(function (row) { return !rows[row.queue]; })) {
+      window.location.reload();  // the page was drawn before the broker answered
+      return;
+    }
     data.rows.forEach(function (row) {
       var tr = rows[row.queue];
-      if (!tr) { return; }
       keys.forEach(function (key) {
         var cell = tr.querySelector("[data-key='" + key + "']");
         if (cell) { cell.textContent = show(row[key]); }
