@@ -8,6 +8,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
+from .._amqp.properties import through_the_wire
 from ..errors import ConnectionFailed, PublishError
 from ..topology import QueueSpec, Topology
 from ..transport import Consumer, Delivery, OnChannelClosed, OnDelivery, QueueInfo
@@ -93,6 +94,8 @@ class MemoryTransport:
         resend: bool = True,
     ) -> None:
         self._check()
+        # Encoded and decoded as on the wire: the same header types, the same HeaderError.
+        properties = through_the_wire(properties)
         if properties.reply_to == DIRECT_REPLY_TO:
             if self._reply_to is None:
                 raise PublishError(
