@@ -52,7 +52,9 @@ class Rig:
     def clock(self) -> float:
         raise NotImplementedError
 
-    def running(self, app: App, *, worker: bool = True) -> contextlib.AbstractAsyncContextManager[Any]:
+    def running(
+        self, app: App, *, worker: bool = True
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
     async def settle(self, until: Predicate) -> None:

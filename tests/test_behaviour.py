@@ -6,6 +6,7 @@ at the end; docs/testing.md lists them."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -144,7 +145,7 @@ async def test_a_failing_message_is_retried_by_its_backoff_then_dead_lettered(ri
         wall = time.perf_counter() - started
         [letter] = await rig.take(app, dlq)
     assert [(a, m) for a, m, _ in seen] == [(n, message_id) for n in (1, 2, 3, 4)]
-    waits = [later[2] - earlier[2] for earlier, later in zip(seen, seen[1:], strict=False)]
+    waits = [later[2] - earlier[2] for earlier, later in itertools.pairwise(seen)]
     assert all(w >= b for w, b in zip(waits, backoff, strict=True)), (waits, backoff)
     assert letter.message_id == message_id
     assert letter.body == Job(n=7).model_dump_json().encode()

@@ -17,8 +17,8 @@ from ..middleware.base import Middleware, Settled
 from ..results.memory import MemoryResultStore
 from ..rpc import PendingReply
 from ..topology import dead_letter_queue_name
-from ..worker import Worker
 from ..wire import attempt_of
+from ..worker import Worker
 from .node import MemoryBroker
 from .queues import DeadLetter, Message
 from .transport import MemoryTransport

@@ -352,7 +352,6 @@ class MemoryBroker:
             await asyncio.wait(tasks)
 
 
-
 def _as_sent(properties: Properties) -> Properties:
     """What the broker keeps of published properties: a copy, its timestamp in whole
     seconds (an AMQP timestamp has no fraction)."""

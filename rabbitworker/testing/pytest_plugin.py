@@ -8,7 +8,7 @@ Needs pytest-asyncio. Disable it with ``-p no:rabbitworker``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,11 +17,6 @@ if TYPE_CHECKING:
     from .broker import TestBroker
 
 __all__ = ["rabbitworker_app", "rabbitworker_broker"]
-
-try:
-    import pytest_asyncio
-except ImportError:  # pragma: no cover - the fixture then says what is missing
-    pytest_asyncio = None
 
 
 @pytest.fixture
@@ -40,10 +35,16 @@ async def _broker(rabbitworker_app: App) -> AsyncIterator[TestBroker]:
         yield broker
 
 
-if pytest_asyncio is not None:
-    rabbitworker_broker = pytest_asyncio.fixture(_broker, name="rabbitworker_broker")
-else:  # pragma: no cover
+def _missing() -> None:
+    raise pytest.UsageError("the rabbitworker_broker fixture needs pytest-asyncio installed")
 
-    @pytest.fixture(name="rabbitworker_broker")
-    def rabbitworker_broker() -> None:
-        raise pytest.UsageError("the rabbitworker_broker fixture needs pytest-asyncio installed")
+
+# The plugin loads wherever rabbitworker is installed: without pytest-asyncio it must
+# not break pytest, only say what the fixture needs.
+rabbitworker_broker: Any
+try:
+    from pytest_asyncio import fixture as _async_fixture
+except ImportError:  # pragma: no cover
+    rabbitworker_broker = pytest.fixture(_missing, name="rabbitworker_broker")
+else:
+    rabbitworker_broker = _async_fixture(_broker, name="rabbitworker_broker")
