@@ -161,3 +161,17 @@ async def test_headers_amqp_cannot_carry_are_refused_as_on_the_wire() -> None:
         with pytest.raises(HeaderError):
             await broker.publish(Ping(n=1), headers={"bad": object()})
         assert broker.published("pings") == []
+
+
+async def test_auto_advance_lets_an_awaited_call_through_its_retries() -> None:
+    app = make_app()
+
+    @app.task(queue="pings", retry=RetryPolicy(max_attempts=3, backoff=[30]))
+    async def ping(msg: Ping, ctx: Context) -> int:
+        if ctx.attempt < 3:
+            raise RuntimeError("not yet")
+        return ctx.attempt
+
+    async with TestBroker(app, auto_advance=True) as broker:
+        assert await broker.call(Ping(n=1), retry=True, timeout=5) == 3
+        assert broker.now == 60.0

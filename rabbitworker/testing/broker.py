@@ -78,8 +78,10 @@ class TestBroker:
     `MemoryBroker` (so `publish`, `call`, `submit` and `ctx.publish` work as usual)
     and starts a `Worker` on `queues` (all of the app's by default; none with
     ``worker=False``). Time is virtual: `join()` and `advance()` move it, so a
-    60 s back-off costs nothing. An app with a results store gets an in-memory one
-    for the duration. Everything is restored on the way out.
+    60 s back-off costs nothing; with ``auto_advance=True`` it also jumps to the
+    next retry or delayed message whenever nothing else can run. An app with a
+    results store gets an in-memory one for the duration. Everything is restored
+    on the way out.
     """
 
     __test__ = False  # not a test class, whatever pytest thinks of its name
@@ -93,6 +95,7 @@ class TestBroker:
         concurrency: int | None = None,
         prefetch: int | None = None,
         timeout: float = 10.0,
+        auto_advance: bool = False,
     ) -> None:
         self.app = app
         self.broker = MemoryBroker()
@@ -103,6 +106,8 @@ class TestBroker:
         self._recorder = _Recorder(self.broker)
         self._saved: tuple[Any, Any] | None = None
         self.worker: Worker | None = None
+        self.auto_advance = auto_advance
+        self._auto: asyncio.Task[None] | None = None
 
     # -- running --------------------------------------------------------------
 
@@ -120,6 +125,8 @@ class TestBroker:
                 await self.worker.start()
             # Schedules (app.schedule) are not fired yet: when they land, they join
             # `_next_due()` as one more source of virtual-time events.
+            if self.auto_advance:
+                self._auto = asyncio.ensure_future(self._advance_when_idle())
         except BaseException:
             await self._restore()
             raise
@@ -138,6 +145,10 @@ class TestBroker:
 
     async def _restore(self) -> None:
         app = self.app
+        if self._auto is not None:
+            self._auto.cancel()
+            await asyncio.gather(self._auto, return_exceptions=True)
+            self._auto = None
         try:
             if self.worker is not None:
                 await self.worker.shutdown()
@@ -203,8 +214,19 @@ class TestBroker:
             self.broker.advance_to(target)
             await self._idle(deadline, limit)
 
-    async def _idle(self, deadline: float, limit: float) -> None:
-        loop = asyncio.get_running_loop()
+    async def _advance_when_idle(self) -> None:
+        """With `auto_advance`: whenever nothing can run now, move virtual time to
+        the next timed event (so an awaited `call()` or `result()` gets through
+        back-offs and delays by itself)."""
+        while True:
+            await self._idle(None, math.inf)
+            due = self._next_due()
+            if due is None:
+                await self.broker.changed()
+            else:
+                self.broker.advance_to(due)
+
+    async def _idle(self, deadline: float | None, limit: float) -> None:
         while True:
             busy = self.broker.busy
             if not busy:
@@ -213,9 +235,8 @@ class TestBroker:
                 if not self.broker.busy:
                     return
                 continue
-            remaining = deadline - loop.time()
             try:
-                async with asyncio.timeout(max(remaining, 0)):
+                async with asyncio.timeout_at(deadline):
                     await self.broker.changed()
             except TimeoutError:
                 raise TimeoutError(

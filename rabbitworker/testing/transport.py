@@ -131,9 +131,12 @@ class MemoryTransport:
         self._check()
         self.broker.queue(queue)  # NOT_FOUND as the broker says it
         channel = MemoryChannel(f"browse {queue}")
+        self._channels.append(channel)  # closed with the connection, too
         try:
             yield _Browser(self.broker, queue, channel)
         finally:
+            if channel in self._channels:
+                self._channels.remove(channel)
             self.broker.close_channel(channel)
 
     async def purge(self, queue: str) -> int:
