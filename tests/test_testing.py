@@ -6,6 +6,7 @@ back as it was. (tests/test_behaviour.py holds it to RabbitMQ's behaviour.)"""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -175,3 +176,11 @@ async def test_auto_advance_lets_an_awaited_call_through_its_retries() -> None:
     async with TestBroker(app, auto_advance=True) as broker:
         assert await broker.call(Ping(n=1), retry=True, timeout=5) == 3
         assert broker.now == 60.0
+
+
+def test_the_readme_shows_the_example_test_as_it_is() -> None:
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("## Testing your tasks")[1]
+    shown = section.split("```python\n")[1].split("```")[0]
+    example = (root / "examples" / "emails_reports" / "test_tasks.py").read_text()
+    assert shown == example.split('"""', 2)[2].lstrip("\n")
