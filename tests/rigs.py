@@ -15,7 +15,7 @@ from rabbitworker import App
 from rabbitworker.testing import TestBroker
 from rabbitworker.topology import quantize_delay_ms
 from rabbitworker.transport import Delivery
-from rabbitworker.worker import Worker
+from rabbitworker.worker import Worker, lifecycle
 
 __all__ = ["MemoryRig", "RabbitRig", "Rig"]
 
@@ -64,6 +64,10 @@ class Rig:
     async def close(self) -> None:
         """Remove what the test declared."""
 
+    async def crash(self, app: App) -> None:
+        """Act out the worker's process dying, and a new one starting."""
+        raise NotImplementedError
+
     async def depth(self, app: App, queue: str) -> int:
         info = await app.transport.inspect(queue)
         return 0 if info is None else info.messages
@@ -80,6 +84,7 @@ class Rig:
 
 class RabbitRig(Rig):
     kind = "rabbitmq"
+    _worker: tuple[Worker, asyncio.Task[None]]
 
     def __init__(self, prefix: str, url: str) -> None:
         super().__init__(prefix)
@@ -102,16 +107,37 @@ class RabbitRig(Rig):
             if not worker:
                 yield
                 return
-            w = Worker(app, grace=2)
-            task = asyncio.create_task(w.run(handle_signals=False))
-            await eventually(lambda: w.consuming or task.done(), timeout=15)
-            if task.done():
-                task.result()
+            await self._start(app)
             try:
                 yield
             finally:
-                w.stop()
-                await asyncio.wait_for(task, 30)
+                await self._stop()
+
+    async def _start(self, app: App) -> None:
+        w = Worker(app, grace=0.5)
+        task = asyncio.create_task(w.run(handle_signals=False))
+        self._worker = (w, task)
+        await eventually(lambda: w.consuming or task.done(), timeout=15)
+        if task.done():
+            task.result()
+
+    async def _stop(self) -> None:
+        w, task = self._worker
+        w.stop()
+        await asyncio.wait_for(task, 30)
+
+    async def crash(self, app: App) -> None:
+        """The worker's connection drops with its handlers mid-way; a new one starts.
+
+        The old worker is then stopped in this process; its consumer cancels, on a
+        connection already closed, would each wait out the shutdown's 5 s bound."""
+        await app.session.transport.close()
+        saved, lifecycle.CANCEL_TIMEOUT_S = lifecycle.CANCEL_TIMEOUT_S, 0.05
+        try:
+            await self._stop()
+        finally:
+            lifecycle.CANCEL_TIMEOUT_S = saved
+        await self._start(app)
 
     async def settle(self, until: Predicate) -> None:
         await eventually(until, timeout=15)
@@ -136,6 +162,10 @@ class MemoryRig(Rig):
         async with TestBroker(app, worker=worker) as broker:
             self.broker = broker
             yield
+
+    async def crash(self, app: App) -> None:
+        assert self.broker is not None
+        await self.broker.crash_worker()
 
     async def settle(self, until: Predicate) -> None:
         assert self.broker is not None

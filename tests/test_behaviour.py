@@ -1,11 +1,12 @@
 """One behaviour, two brokers: every test here runs on RabbitMQ and on
 rabbitworker.testing's TestBroker, and must pass the same way on both (routing with
 wildcards, mandatory publishing, retries and attempts, dead-letter headers, the
-delivery limit, RPC, delayed publishing). The known differences are tested as such
+delivery limit of the broker and of crashed workers, RPC, delayed publishing). The known differences are tested as such
 at the end; docs/testing.md lists them."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -13,12 +14,13 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from conftest import eventually
 from pydantic import BaseModel
 from rigs import MemoryRig, RabbitRig, Rig
 
 from rabbitworker import Context, Reject, RetryPolicy, TaskMessage
 from rabbitworker.errors import RemoteError, UnroutableError
-from rabbitworker.topology import dead_letter_queue_name
+from rabbitworker.topology import dead_letter_queue_name, suspect_queue_name
 from rabbitworker.wire import message_properties
 
 
@@ -229,6 +231,33 @@ async def test_a_message_returned_past_the_delivery_limit_is_dead_lettered_by_th
     assert letter.headers["x-first-death-reason"] == "delivery_limit"
     assert letter.headers["x-first-death-queue"] == queue
     assert (letter.exchange, letter.routing_key) == (f"{app.exchange}.dlx", queue)
+
+
+async def test_a_message_whose_worker_dies_with_it_delivery_limit_times_is_worker_crashed(
+    rig: Rig,
+) -> None:
+    app = rig.app(delivery_limit=2)
+    queue = rig.q("fatal")
+    runs: list[tuple[int, bool]] = []
+
+    @app.task(queue=queue)
+    async def run(msg: Job, ctx: Context) -> None:
+        runs.append((msg.n, ctx.redelivered))
+        await asyncio.Event().wait()  # until its worker dies
+
+    dlq = dead_letter_queue_name(queue)
+    async with rig.running(app):
+        message_id = await app.publish(Job(n=1))
+        for crashes in (1, 2, 3):  # beside others once, then alone until the limit
+            await eventually(lambda n=crashes: len(runs) == n, timeout=10)  # type: ignore[misc]
+            await rig.crash(app)
+        await rig.settle(lambda: rig.holds(app, dlq, 1))
+        [letter] = await rig.take(app, dlq)
+        assert await rig.depth(app, suspect_queue_name(queue)) == 0
+    assert runs == [(1, False)] * 3
+    assert letter.message_id == message_id
+    assert letter.headers["x-error-type"] == "WorkerCrashed"
+    assert letter.headers["x-original-queue"] == queue
 
 
 class Square(BaseModel):

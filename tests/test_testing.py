@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import eventually
 
-from rabbitworker import App, Context, RetryPolicy, TaskMessage
+from rabbitworker import App, Context, RetryPolicy, TaskMessage, publish
 from rabbitworker.context import Context as ContextType
 from rabbitworker.errors import BrokerError, HeaderError
 from rabbitworker.middleware import Middleware
@@ -184,3 +185,29 @@ def test_the_readme_shows_the_example_test_as_it_is() -> None:
     shown = section.split("```python\n")[1].split("```")[0]
     example = (root / "examples" / "emails_reports" / "test_tasks.py").read_text()
     assert shown == example.split('"""', 2)[2].lstrip("\n")
+
+
+async def test_a_message_whose_worker_dies_with_it_is_dead_lettered_as_worker_crashed() -> None:
+    app = make_app(delivery_limit=2)
+    started = asyncio.Event()
+    runs: list[tuple[bool, int]] = []
+
+    @app.task(queue="pings")
+    async def ping(msg: Ping, ctx: Context) -> None:
+        runs.append((ctx.redelivered, msg.n))
+        started.set()
+        await asyncio.Event().wait()  # until its process dies
+
+    async with TestBroker(app) as broker:
+        message_id = await broker.publish(Ping(n=1))
+        for _ in range(3):  # beside others once, then alone until the limit
+            await asyncio.wait_for(started.wait(), 5)
+            started.clear()
+            await broker.crash_worker()
+        await eventually(lambda: len(broker.dead_letters("pings")) == 1, timeout=5)
+        [letter] = broker.dead_letters("pings")
+        assert letter.error_type == "WorkerCrashed"
+        assert letter.message.message_id == message_id
+        assert runs == [(False, 1), (False, 1), (False, 1)]
+        assert [m.type for m in broker.messages("pings.suspect")] == []
+        assert await publish(Ping(n=2))  # the module-level API acts on the app again

@@ -16,7 +16,7 @@ from ..message import R, TaskMessage
 from ..middleware.base import Middleware, Settled
 from ..results.memory import MemoryResultStore
 from ..rpc import PendingReply
-from ..topology import dead_letter_queue_name
+from ..topology import dead_letter_queue_name, suspect_queue_name
 from ..wire import attempt_of
 from ..worker import Worker
 from .node import MemoryBroker
@@ -162,6 +162,24 @@ class TestBroker:
                 app.transport_factory, app._results_store = self._saved
                 self._saved = None
 
+    async def crash_worker(self) -> None:
+        """Act out the worker's process dying: its connection drops, its handlers stop
+        where they are (no follow-up, no ack), and a new worker starts in its place.
+
+        As with RabbitMQ, what it held is delivered again, marked redelivered; the new
+        worker cannot account for it, so it runs alone as a crash suspect, and a
+        message whose worker dies with it `delivery_limit` times is dead-lettered as
+        `WorkerCrashed`. Raises `RuntimeError` without a worker."""
+        worker = self.worker
+        if worker is None:
+            raise RuntimeError("TestBroker(worker=False) has no worker to crash")
+        await self.app.session.transport.close()  # the broker takes back what it held
+        await self.broker.stop()  # the handlers it ran die with it
+        await worker.shutdown()  # tidies this process's side; nothing is left to settle
+        self.worker = Worker(self.app, queues=self._queues, grace=0, **self._worker_options)
+        await self.worker.start()
+        await self.app.__aenter__()  # the current app again, for the module-level API
+
     # -- the producer API, for convenience --------------------------------------
 
     async def publish(
@@ -214,6 +232,17 @@ class TestBroker:
             self.broker.advance_to(target)
             await self._idle(deadline, limit)
 
+    def _busy(self) -> list[str]:
+        """What keeps the broker busy, and crash suspects waiting for the worker (it
+        takes them one at a time, within a second)."""
+        consumed = self.worker.queues if self.worker is not None else []
+        waiting = [
+            f"{len(q.ready)} suspect(s) on {q.name}"
+            for name in consumed
+            if (q := self.broker.queues.get(suspect_queue_name(name))) is not None and q.ready
+        ]
+        return self.broker.busy + waiting
+
     async def _advance_when_idle(self) -> None:
         """With `auto_advance`: whenever nothing can run now, move virtual time to
         the next timed event (so an awaited `call()` or `result()` gets through
@@ -228,11 +257,11 @@ class TestBroker:
 
     async def _idle(self, deadline: float | None, limit: float) -> None:
         while True:
-            busy = self.broker.busy
+            busy = self._busy()
             if not busy:
                 # One more turn of the loop: work scheduled by what just finished.
                 await asyncio.sleep(0)
-                if not self.broker.busy:
+                if not self._busy():
                     return
                 continue
             try:
