@@ -1,8 +1,8 @@
 """One behaviour, two brokers: every test here runs on RabbitMQ and on
 rabbitworker.testing's TestBroker, and must pass the same way on both (routing with
 wildcards, mandatory publishing, retries and attempts, dead-letter headers, the
-delivery limit of the broker and of crashed workers, RPC, delayed publishing). The known differences are tested as such
-at the end; docs/testing.md lists them."""
+delivery limit of the broker and of crashed workers, RPC, delayed publishing). The
+known differences are tested as such at the end; docs/testing.md lists them."""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ back as it was. (tests/test_behaviour.py holds it to RabbitMQ's behaviour.)"""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +214,19 @@ async def test_a_message_whose_worker_dies_with_it_is_dead_lettered_as_worker_cr
         assert runs == [(False, 1), (False, 1), (False, 1)]
         assert [m.type for m in broker.messages("pings.suspect")] == []
         assert await publish(Ping(n=2))  # the module-level API acts on the app again
+
+
+def test_the_fixture_says_so_when_the_app_fixture_is_not_defined(tmp_path: Path) -> None:
+    (tmp_path / "test_forgot.py").write_text(
+        "async def test_it(rabbitworker_broker):\n    pass\n", encoding="utf-8"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_forgot.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert result.returncode != 0
+    assert "define a `rabbitworker_app` fixture" in result.stdout + result.stderr
