@@ -230,3 +230,18 @@ def test_the_fixture_says_so_when_the_app_fixture_is_not_defined(tmp_path: Path)
     )
     assert result.returncode != 0
     assert "define a `rabbitworker_app` fixture" in result.stdout + result.stderr
+
+
+async def test_the_blocking_client_works_from_a_thread_against_the_test_broker() -> None:
+    app = make_app()
+
+    @app.task(queue="pings")
+    async def ping(msg: Ping) -> int:
+        return msg.n + 1
+
+    async with TestBroker(app) as broker:
+        message_id = await asyncio.to_thread(app.sync.publish, Ping(n=1))
+        assert await asyncio.to_thread(app.sync.call, Ping(n=41), timeout=5) == 42
+        await broker.join()
+        assert broker.outcomes()[0].message_id == message_id
+        assert [o.result for o in broker.outcomes()] == [2, 42]

@@ -113,6 +113,7 @@ class TestBroker:
 
     async def __aenter__(self) -> TestBroker:
         app = self.app
+        self.broker.loop = asyncio.get_running_loop()
         self._saved = (app.transport_factory, app._results_store)
         app.transport_factory = self._transport
         if app._results_store is not None or app.settings.results is not None:

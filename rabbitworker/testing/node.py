@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import BrokerError, PublishError, UnroutableError
 from ..topology import ExchangeSpec, QueueSpec, topic_matches
@@ -22,6 +22,8 @@ from .queues import MemoryChannel, MemoryQueue, Message, with_death
 __all__ = ["MemoryBroker", "MemoryConsumer"]
 
 log = logging.getLogger("rabbitworker.testing")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +61,10 @@ class _Settler:
         self.broker = broker
 
     async def ack(self, delivery: Delivery) -> None:
-        self.broker.settle(delivery, requeue=None)
+        await self.broker.at_home(lambda: self.broker.settle(delivery, requeue=None))
 
     async def nack(self, delivery: Delivery, *, requeue: bool) -> None:
-        self.broker.settle(delivery, requeue=requeue)
+        await self.broker.at_home(lambda: self.broker.settle(delivery, requeue=requeue))
 
 
 def _headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
@@ -72,9 +74,14 @@ def _headers_match(arguments: dict[str, Any], headers: dict[str, Any]) -> bool:
 
 
 class MemoryBroker:
-    """One in-memory broker node that transports (and so apps) share."""
+    """One in-memory broker node that transports (and so apps) share.
+
+    Its state lives on one event loop, `loop` (set by `TestBroker`): a transport on
+    another loop (the blocking client's thread) hands each operation over to it.
+    """
 
     def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.now = 0.0  # virtual seconds since the broker started
         self.exchanges: dict[str, str] = {"": "direct"}
         self.queues: dict[str, MemoryQueue] = {}
@@ -85,6 +92,30 @@ class MemoryBroker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tags = 0
         self._changed = asyncio.Event()
+
+    async def at_home(self, operation: Callable[[], T]) -> T:
+        """Run `operation` on the broker's loop, from whichever loop calls."""
+        home = self.loop
+        if home is None or home is asyncio.get_running_loop():
+            return operation()
+
+        async def run() -> T:
+            return operation()
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(run(), home))
+
+    def soon_at_home(self, operation: Callable[[], None]) -> None:
+        """Run `operation` on the broker's loop without waiting for it (for closing,
+        which the broker's loop may itself be waiting for)."""
+        home = self.loop
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if home is None or home is here:
+            operation()
+        elif not home.is_closed():
+            home.call_soon_threadsafe(operation)
 
     # -- topology -------------------------------------------------------------
 

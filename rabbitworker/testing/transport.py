@@ -3,6 +3,7 @@ RPC client and worker run their real code paths without RabbitMQ."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,9 @@ class _Browser:
         self.channel = channel
 
     async def take(self, limit: int | None = None) -> list[Delivery]:
+        return await self.broker.at_home(lambda: self._take(limit))
+
+    def _take(self, limit: int | None) -> list[Delivery]:
         queue = self.broker.queue(self.queue)
         taken: list[Delivery] = []
         while queue.ready and (limit is None or len(taken) < limit):
@@ -37,7 +41,8 @@ class _Browser:
 
 class MemoryTransport:
     """A connection to a `MemoryBroker`: every publish is "confirmed" once routed,
-    and mandatory publishing raises `UnroutableError` as RabbitMQ's return does."""
+    and mandatory publishing raises `UnroutableError` as RabbitMQ's return does.
+    Usable from another event loop than the broker's (the blocking client's)."""
 
     def __init__(self, broker: MemoryBroker, *, name: str = "memory") -> None:
         self.broker = broker
@@ -65,23 +70,31 @@ class MemoryTransport:
 
     async def close(self) -> None:
         self._open = False
-        if self._reply_to is not None:
-            self.broker.reply_consumer(self._reply_to, None)
-            self._reply_to = None
+        reply_to, self._reply_to = self._reply_to, None
         channels, self._channels = self._channels, []
-        for channel in channels:
-            self.broker.close_channel(channel)
+
+        def close() -> None:
+            if reply_to is not None:
+                self.broker.reply_consumer(reply_to, None)
+            for channel in channels:
+                self.broker.close_channel(channel)
+
+        self.broker.soon_at_home(close)
 
     async def declare(self, topology: Topology) -> None:
         self._check()
-        for exchange in topology.exchanges:
-            self.broker.declare_exchange(exchange)
-        for queue in topology.queues:
-            self.broker.declare_queue(queue)
+
+        def declare() -> None:
+            for exchange in topology.exchanges:
+                self.broker.declare_exchange(exchange)
+            for queue in topology.queues:
+                self.broker.declare_queue(queue)
+
+        await self.broker.at_home(declare)
 
     async def ensure_queue(self, spec: QueueSpec, *, force: bool = False) -> None:
         self._check()
-        self.broker.declare_queue(spec)
+        await self.broker.at_home(lambda: self.broker.declare_queue(spec))
 
     async def send(
         self,
@@ -104,7 +117,10 @@ class MemoryTransport:
                 )
             # As RabbitMQ does: the reply-to names this connection's reply consumer.
             properties = replace(properties, reply_to=self._reply_to)
-        self.broker.publish(exchange, routing_key, body, properties, mandatory)
+        sent = properties
+        await self.broker.at_home(
+            lambda: self.broker.publish(exchange, routing_key, body, sent, mandatory)
+        )
 
     async def consume(
         self,
@@ -115,21 +131,35 @@ class MemoryTransport:
         on_closed: OnChannelClosed | None = None,
     ) -> Consumer:
         self._check()
-        consumer = self.broker.consume(queue, on_delivery, prefetch)
+        consumer = await self.broker.at_home(
+            lambda: self.broker.consume(queue, on_delivery, prefetch)
+        )
         self._channels.append(consumer.channel)
         return consumer
 
     async def consume_replies(self, on_reply: OnDelivery, on_lost: Callable[[str], None]) -> None:
         self._check()
-        self._reply_to = f"{DIRECT_REPLY_TO}.memory-{self._id}"
+        name = self._reply_to = f"{DIRECT_REPLY_TO}.memory-{self._id}"
         self._on_lost = on_lost
-        self.broker.reply_consumer(self._reply_to, on_reply)
+        here = asyncio.get_running_loop()
+
+        async def on_reply_here(delivery: Delivery) -> None:
+            # Replies come from the broker's loop; the caller waits on its own.
+            async def deliver() -> None:
+                await on_reply(delivery)
+
+            if here is asyncio.get_running_loop():
+                await deliver()
+            else:
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(deliver(), here))
+
+        await self.broker.at_home(lambda: self.broker.reply_consumer(name, on_reply_here))
 
     @contextlib.asynccontextmanager
     async def browse(self, queue: str) -> AsyncIterator[_Browser]:
         """Take messages unacked; closing the browser returns whatever was not acked."""
         self._check()
-        self.broker.queue(queue)  # NOT_FOUND as the broker says it
+        await self.broker.at_home(lambda: self.broker.queue(queue))  # NOT_FOUND, as said
         channel = MemoryChannel(f"browse {queue}")
         self._channels.append(channel)  # closed with the connection, too
         try:
@@ -137,12 +167,12 @@ class MemoryTransport:
         finally:
             if channel in self._channels:
                 self._channels.remove(channel)
-            self.broker.close_channel(channel)
+            self.broker.soon_at_home(lambda: self.broker.close_channel(channel))
 
     async def purge(self, queue: str) -> int:
         self._check()
-        return self.broker.purge(queue)
+        return await self.broker.at_home(lambda: self.broker.purge(queue))
 
     async def inspect(self, queue: str) -> QueueInfo | None:
         self._check()
-        return self.broker.inspect(queue)
+        return await self.broker.at_home(lambda: self.broker.inspect(queue))
