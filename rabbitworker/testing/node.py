@@ -120,7 +120,13 @@ class MemoryBroker:
     # -- topology -------------------------------------------------------------
 
     def declare_exchange(self, spec: ExchangeSpec) -> None:
-        self.exchanges.setdefault(spec.name, spec.type)
+        """Declare an exchange; raises `BrokerError` when it exists with another type."""
+        kind = self.exchanges.setdefault(spec.name, spec.type)
+        if kind != spec.type:
+            raise BrokerError(
+                f"PRECONDITION_FAILED - inequivalent arg 'type' for exchange {spec.name!r}: "
+                f"received {spec.type!r} but current is {kind!r}"
+            )
 
     def declare_queue(self, spec: QueueSpec) -> None:
         """Declare a queue and its bindings; raises `BrokerError` when it exists with
