@@ -214,6 +214,10 @@ async def test_a_message_whose_worker_dies_with_it_is_dead_lettered_as_worker_cr
         assert runs == [(False, 1), (False, 1), (False, 1)]
         assert [m.type for m in broker.messages("pings.suspect")] == []
         assert await publish(Ping(n=2))  # the module-level API acts on the app again
+    async with TestBroker(app) as broker:  # and the app is as it was: it runs again
+        await broker.publish(Ping(n=3))
+        await asyncio.wait_for(started.wait(), 5)
+    assert app._session is None and app._entered == 0
 
 
 def test_the_fixture_says_so_when_the_app_fixture_is_not_defined(tmp_path: Path) -> None:

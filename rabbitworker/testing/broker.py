@@ -108,6 +108,7 @@ class TestBroker:
         self.worker: Worker | None = None
         self.auto_advance = auto_advance
         self._auto: asyncio.Task[None] | None = None
+        self._entered = 0  # times this entered the app, each left on the way out
 
     # -- running --------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class TestBroker:
             app._results_store = MemoryResultStore(clock=lambda: self.broker.now)
         app.middleware.append(self._recorder)
         try:
-            await app.__aenter__()
+            await self._enter_app()
             if self._run_worker:
                 self.worker = Worker(app, queues=self._queues, grace=0, **self._worker_options)
                 await self.worker.start()
@@ -153,7 +154,9 @@ class TestBroker:
         try:
             if self.worker is not None:
                 await self.worker.shutdown()
-            await app.__aexit__(None, None, None)
+            while self._entered:
+                self._entered -= 1
+                await app.__aexit__(None, None, None)
             await app.close()
             await self.broker.stop()
         finally:
@@ -179,7 +182,11 @@ class TestBroker:
         await worker.shutdown()  # tidies this process's side; nothing is left to settle
         self.worker = Worker(self.app, queues=self._queues, grace=0, **self._worker_options)
         await self.worker.start()
-        await self.app.__aenter__()  # the current app again, for the module-level API
+        await self._enter_app()  # the current app again, for the module-level API
+
+    async def _enter_app(self) -> None:
+        await self.app.__aenter__()
+        self._entered += 1
 
     # -- the producer API, for convenience --------------------------------------
 
