@@ -6,18 +6,16 @@ consumers with prefetch; direct reply-to. Time moves only when told to."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import BrokerError, PublishError, UnroutableError
 from ..topology import ExchangeSpec, QueueSpec, topic_matches
 from ..transport import Delivery, OnDelivery, QueueInfo, Settler
 from ..wire import DIRECT_REPLY_TO, Properties
-from .queues import MemoryChannel, MemoryQueue, Message, with_death
+from .queues import MemoryChannel, MemoryQueue, Message, as_sent, with_death
 
 __all__ = ["MemoryBroker", "MemoryConsumer"]
 
@@ -202,7 +200,7 @@ class MemoryBroker:
                 f"publish to {exchange or '(default exchange)'!r}: no queue is bound for "
                 f"routing key {routing_key!r}"
             )
-        message = Message(body, _as_sent(properties), exchange, routing_key)
+        message = Message(body, as_sent(properties), exchange, routing_key)
         self._enqueue(message, targets)
 
     def _enqueue(self, message: Message, targets: Iterable[str]) -> None:
@@ -320,7 +318,7 @@ class MemoryBroker:
         self._tags += 1
         delivery = Delivery(
             body=body,
-            properties=_as_sent(properties),
+            properties=as_sent(properties),
             queue=DIRECT_REPLY_TO,
             routing_key=to,
             exchange="",
@@ -387,14 +385,3 @@ class MemoryBroker:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
-
-
-def _as_sent(properties: Properties) -> Properties:
-    """What the broker keeps of published properties: a copy, its timestamp in whole
-    seconds (an AMQP timestamp has no fraction)."""
-    stamp: datetime | None = properties.timestamp
-    return replace(
-        properties,
-        headers=copy.deepcopy(properties.headers),
-        timestamp=stamp.replace(microsecond=0) if stamp is not None else None,
-    )

@@ -25,7 +25,7 @@ from ..wire import (
     text_of,
 )
 
-__all__ = ["DeadLetter", "MemoryChannel", "MemoryQueue", "Message", "with_death"]
+__all__ = ["DeadLetter", "MemoryChannel", "MemoryQueue", "Message", "as_sent", "with_death"]
 
 _sequence = itertools.count(1)
 
@@ -203,3 +203,14 @@ def with_death(message: Message, queue: str, reason: str) -> Properties:
     headers.setdefault(FIRST_DEATH_REASON, reason)
     properties.expiration = None
     return properties
+
+
+def as_sent(properties: Properties) -> Properties:
+    """What the broker keeps of published properties: a copy, its timestamp in whole
+    seconds (an AMQP timestamp has no fraction)."""
+    stamp: datetime | None = properties.timestamp
+    return replace(
+        properties,
+        headers=copy.deepcopy(properties.headers),
+        timestamp=stamp.replace(microsecond=0) if stamp is not None else None,
+    )
