@@ -24,7 +24,7 @@ from dashboard_support import free_port, keep_logging  # noqa: F401  (fixture)
 from nodes import RabbitNode
 from typer.testing import CliRunner
 
-from rabbitworker import App, TaskMessage
+from rabbitworker import App, Reject, RetryPolicy, TaskMessage
 from rabbitworker.cli import cli
 from rabbitworker.errors import ConfigurationError
 from rabbitworker.management import management_target
@@ -255,3 +255,27 @@ def test_status_json_for_an_app_whose_queues_are_empty(
     [row] = json.loads(shown.stdout)
     assert row["queue"] == f"{prefix}.ping"
     assert (row["ready"], row["consumers"], row["dead_letters"]) == (0, 0, 0)
+
+
+async def test_status_reads_the_in_memory_broker_of_rabbitworker_testing_too() -> None:
+    from rabbitworker.testing import TestBroker
+
+    app = App("status-memory", exchange="mem")
+
+    class Job(TaskMessage, routing_key="mem.job"):
+        outcome: str
+
+    @app.task(queue="mem.jobs", retry=RetryPolicy(max_attempts=3, backoff=[60]))
+    async def job(msg: Job) -> None:
+        if msg.outcome == "retry":
+            raise ValueError("later")
+        if msg.outcome == "reject":
+            raise Reject("never")
+
+    async with TestBroker(app) as broker:
+        for outcome in ("ok", "retry", "reject"):
+            await app.publish(Job(outcome=outcome))
+        await broker.advance(1)  # the retry waits 60 virtual seconds
+        [row] = await gather_status(app)
+    assert (row.queue, row.ready, row.consumers) == ("mem.jobs", 0, 1)
+    assert (row.retrying, row.dead_letters, row.retry_queues) == (1, 1, {"mem.jobs.retry.60000": 1})
