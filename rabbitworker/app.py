@@ -194,7 +194,8 @@ class App:
 
     def make_tracker(self) -> Tracker | None:
         """A tracker over a newly opened results store; None when the app has none."""
-        spec = self._results_store or self.settings.results
+        # Not `or`: a store may be empty, and falsy (MemoryResultStore has a length).
+        spec = self._results_store if self._results_store is not None else self.settings.results
         if spec is None:
             return None
         s = self.settings

@@ -26,6 +26,9 @@ __all__ = [
     "ERROR_MESSAGE",
     "ERROR_TYPE",
     "FAILED_AT",
+    "FIRST_DEATH_EXCHANGE",
+    "FIRST_DEATH_QUEUE",
+    "FIRST_DEATH_REASON",
     "JSON",
     "MAX_ERROR_MESSAGE",
     "ORIGINAL_QUEUE",
@@ -75,6 +78,9 @@ ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, FAILED_AT, ORIGINAL_QUEUE)
 # quorum queue's delivery count. A copy we publish starts without them.
 DEATH = "x-death"
 DELIVERY_COUNT = "x-delivery-count"
+FIRST_DEATH_EXCHANGE = "x-first-death-exchange"
+FIRST_DEATH_QUEUE = "x-first-death-queue"
+FIRST_DEATH_REASON = "x-first-death-reason"
 _BROKER_PREFIXES = (DEATH, "x-first-death-", "x-last-death-")
 
 MAX_ERROR_MESSAGE = 2000
