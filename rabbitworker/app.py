@@ -130,7 +130,6 @@ class App:
         """
         # 0.0 stands for "the app's results_ttl", read when the app starts.
         results_ttl = ttl_seconds(results, 0.0) if results is not True else 0.0
-        limit = RateLimit.of(rate_limit)
 
         def decorate(func: F) -> F:
             self.registry.add_task(
@@ -141,7 +140,7 @@ class App:
                 bind=bind,
                 results_ttl=results_ttl,
                 localns=caller_namespace(1),
-                rate_limit=limit,
+                rate_limit=RateLimit.of(rate_limit),
                 concurrency=concurrency,
             )
             return func

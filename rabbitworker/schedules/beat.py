@@ -119,7 +119,9 @@ class Beat:
         if lock is not None:
             waits.append(asyncio.ensure_future(lock.wait_lost()))
         try:
-            await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waits:
                 w.cancel()
