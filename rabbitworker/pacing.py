@@ -43,6 +43,8 @@ Scope = Literal["process", "fleet"]
 
 # A process reserves at most this many seconds' worth of a task's starts ahead.
 AHEAD_S = 0.05
+# A paced delivery that may wait longer than this unacked is warned of at start.
+LONG_WAIT_S = 15 * 60.0
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 
@@ -215,7 +217,12 @@ class Pacing(Middleware):
 
     @classmethod
     def for_tasks(
-        cls, tasks: Iterable[Task], *, namespace: str, results_url: str | None
+        cls,
+        tasks: Iterable[Task],
+        *,
+        namespace: str,
+        results_url: str | None,
+        prefetch: int = 1,
     ) -> Pacing | None:
         """The pacing of `tasks`, None when none is paced. Raises `ConfigurationError`
         for a fleet-wide limit without a Redis to hold it."""
@@ -225,6 +232,8 @@ class Pacing(Middleware):
             limit = task.rate_limit
             if limit is None and not task.concurrency:
                 continue
+            if limit is not None:
+                _warn_of_long_waits(task, limit, prefetch)
             pace = None
             if limit is not None:
                 key = limit.key or f"{task.queue}:{task.message_type.routing_key}"
@@ -243,6 +252,22 @@ class Pacing(Middleware):
     async def on_worker_stop(self) -> None:
         for pace in self._paces:
             await pace.close()
+
+
+def _warn_of_long_waits(task: Task, limit: RateLimit, prefetch: int) -> None:
+    # The last of `prefetch` deliveries waits prefetch / rate seconds unacked, and
+    # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout.
+    wait = prefetch / limit.per_second
+    if wait > LONG_WAIT_S:
+        log.warning(
+            "task %s: with prefetch %d at %s a delivery may wait %.0f s unacked, past "
+            "RabbitMQ's consumer_timeout (30 min by default): lower the prefetch of %s",
+            task.name,
+            prefetch,
+            limit.text,
+            wait,
+            task.queue,
+        )
 
 
 def _pace(limit: RateLimit, key: str, results_url: str | None) -> Pace:

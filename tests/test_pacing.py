@@ -66,8 +66,13 @@ async def test_a_fleet_pace_without_its_redis_paces_the_process_alone(
     assert sum("Redis unreachable" in r.message for r in caplog.records) == 1
 
 
-def test_a_fleet_limit_without_a_redis_is_a_configuration_error() -> None:
+def test_a_fleet_limit_without_a_redis_is_a_configuration_error_a_slow_one_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Job(TaskMessage, routing_key="pacing.job"):
+        pass
+
+    class Report(TaskMessage, routing_key="pacing.report"):
         pass
 
     app = App("pacing")
@@ -76,6 +81,15 @@ def test_a_fleet_limit_without_a_redis_is_a_configuration_error() -> None:
     async def job(msg: Job) -> None:
         pass
 
+    @app.task(queue="reports", rate_limit="100/h")
+    async def report(msg: Report) -> None:
+        pass
+
+    pacing = Pacing.for_tasks(
+        app.registry.tasks["reports"].values(), namespace="x", results_url=None, prefetch=100
+    )
+    assert pacing is not None and pacing.pacer("reports", "pacing.report") is not None
+    assert "may wait 3600 s unacked" in caplog.text
     tasks = app.registry.tasks["jobs"].values()
     with pytest.raises(ConfigurationError, match="needs a Redis"):
         Pacing.for_tasks(tasks, namespace="x", results_url=None)

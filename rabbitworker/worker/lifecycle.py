@@ -157,7 +157,9 @@ class Worker:
         tracker = self.app.session.tracker
         extra: list[Middleware] = [ResultTracking(tracker)] if tracker is not None else []
         s = self.app.settings
-        pacing = Pacing.for_tasks(tasks, namespace=self.app.exchange, results_url=s.results)
+        pacing = Pacing.for_tasks(
+            tasks, namespace=self.app.exchange, results_url=s.results, prefetch=self.prefetch
+        )
         return [*self.app.middleware, *extra, *([pacing] if pacing else [])]
 
     async def _consume(self, queue: str) -> None:
