@@ -225,5 +225,7 @@ class BeatInWorker(Middleware):
     async def on_worker_stop(self) -> None:
         self.beat.stop()
         if self._task is not None:
-            with contextlib.suppress(Exception):
+            try:
                 await self._task
+            except Exception:
+                log.exception("beat: stopped by an error")
