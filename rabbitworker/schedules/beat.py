@@ -221,11 +221,15 @@ class BeatInWorker(Middleware):
 
     async def on_worker_start(self) -> None:
         self._task = asyncio.create_task(self.beat.run())
+        self._task.add_done_callback(_report)
 
     async def on_worker_stop(self) -> None:
         self.beat.stop()
         if self._task is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await self._task
-            except Exception:
-                log.exception("beat: stopped by an error")
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("beat: stopped by an error: %s", task.exception())
