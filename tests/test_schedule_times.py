@@ -158,3 +158,13 @@ def test_beat_for_an_app_without_schedules_is_one_error_line() -> None:
     assert run.error_line() == (
         "error: app 'two-queues' has no schedules: declare them with app.schedule(...)"
     )
+
+
+def test_beat_against_a_broker_that_refuses_is_one_error_line() -> None:
+    env = {
+        "RABBITWORKER_URL": "amqp://guest:secret@127.0.0.1:1/",
+        "RABBITWORKER_CONNECT_TIMEOUT": "1",
+    }
+    run = rabbitworker("beat", "--app", "beat_app:app", env=env)
+    line = run.error_line()
+    assert "cannot connect" in line and "secret" not in run.output, line
