@@ -87,6 +87,9 @@ def run(
     grace: GraceOpt = None,
     connect_timeout: ConnectTimeoutOpt = None,
     log_level: LogLevelOpt = None,
+    beat: Annotated[
+        bool, typer.Option("--beat", help="also publish the app's schedules (one leader)")
+    ] = False,
 ) -> None:
     """Run a worker on the app's queues."""
     level = (log_level or _env_setting("log_level")).upper()
@@ -103,6 +106,10 @@ def run(
     )
     setup_logging(level, app.settings.url)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if beat:
+        from ..schedules.beat import BeatInWorker
+
+        app.middleware.append(BeatInWorker(app))
     # Built before any process starts: a bad queue name or setting is one line, once.
     worker = Worker(app, queues=names)
     if processes > 1:

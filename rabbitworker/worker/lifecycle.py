@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware import Middleware
+from ..pacing import Pacing
 from ..registry import Task
 from ..results.middleware import ResultTracking
 from ..transport import Consumer
@@ -111,7 +112,7 @@ class Worker:
                 max_abandoned=s.max_abandoned_threads,
                 on_exhausted=self._on_threads_exhausted,
             )
-        self.middleware = self._middleware()
+        self.middleware = self._middleware(tasks)
         settlement = Settlement(
             session.transport,
             app.exchange,
@@ -136,6 +137,7 @@ class Worker:
             suspects,
             concurrency=self.concurrency,
             prefetch=self.prefetch,
+            pacing=next((m for m in self.middleware if isinstance(m, Pacing)), None),
         )
 
     def _watch_the_loop(self, tasks: list[Task]) -> None:
@@ -149,12 +151,16 @@ class Worker:
             )
             self._watchdog.start()
 
-    def _middleware(self) -> list[Middleware]:
+    def _middleware(self, tasks: list[Task]) -> list[Middleware]:
         """The app's middleware, then what this worker adds for the app's features
-        (results tracking when it has a results store)."""
+        (results tracking when it has a results store, pacing for paced tasks)."""
         tracker = self.app.session.tracker
         extra: list[Middleware] = [ResultTracking(tracker)] if tracker is not None else []
-        return [*self.app.middleware, *extra]
+        s = self.app.settings
+        pacing = Pacing.for_tasks(
+            tasks, namespace=self.app.exchange, results_url=s.results, prefetch=self.prefetch
+        )
+        return [*self.app.middleware, *extra, *([pacing] if pacing else [])]
 
     async def _consume(self, queue: str) -> None:
         dispatch = self._dispatch
