@@ -35,6 +35,8 @@ __all__ = [
     "RESULTS_TTL",
     "RPC_RETRY",
     "RPC_STATUS",
+    "TRACEPARENT",
+    "TRACESTATE",
     "Properties",
     "attempt_of",
     "check_size",
@@ -69,6 +71,10 @@ ERROR_MESSAGE = "x-error-message"
 FAILED_AT = "x-failed-at"
 ORIGINAL_QUEUE = "x-original-queue"
 ORIGINAL_ROUTING_KEY = "x-original-routing-key"
+# W3C trace context (OpenTelemetry, rabbitworker.ops.tracing): copied with the
+# message into its retries and dead letter.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, FAILED_AT, ORIGINAL_QUEUE)
 
 # Headers the broker writes for its own bookkeeping: dead-lettering history and the

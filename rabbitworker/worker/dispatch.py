@@ -74,6 +74,14 @@ class Dispatcher:
     def running(self) -> dict[asyncio.Task[Any], Held]:
         return {t: h for t, h in self.held.items() if h.started}
 
+    def load(self) -> dict[str, tuple[int, int]]:
+        """For each queue with deliveries held: handlers running, deliveries waiting."""
+        counts: dict[str, tuple[int, int]] = {}
+        for held in list(self.held.values()):
+            running, waiting = counts.get(held.queue, (0, 0))
+            counts[held.queue] = (running + held.started, waiting + (not held.started))
+        return counts
+
     async def on_work(self, queue: str, delivery: Delivery) -> None:
         """A delivery from a work queue."""
         if self.stopping.is_set():

@@ -283,9 +283,24 @@ class Worker:
         return self._dispatch.handled if self._dispatch else 0
 
     @property
+    def blocked_loop_warnings(self) -> int:
+        """Warnings of the event loop blocked past `blocked_loop_warning` seconds."""
+        return self._watchdog.warnings if self._watchdog is not None else 0
+
+    def load(self) -> dict[str, tuple[int, int]]:
+        """For each queue: handlers running, and deliveries waiting for a slot."""
+        held = self._dispatch.load() if self._dispatch is not None else {}
+        return {q: held.get(q, (0, 0)) for q in self.queues}
+
+    @property
     def suspects_moved(self) -> int:
         """Redeliveries this worker could not account for and moved to a suspect queue."""
         return self._dispatch.suspects.moved if self._dispatch else 0
+
+    @property
+    def draining(self) -> bool:
+        """Asked to stop (SIGTERM, `stop()`): not ready for more work."""
+        return self._stopping.is_set()
 
     @property
     def consuming(self) -> bool:
