@@ -152,8 +152,7 @@ class Supervisor:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
-        if self.ops is not None:
-            self.ops.start(self._children_state, lambda: self.stopping)
+        self._start_ops()
         try:
             for slot in range(self.processes):
                 if not self.stopping:
@@ -171,10 +170,17 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for child in self.children.values():
-                child.close_pipe()
-            if self.ops is not None:
-                self.ops.close()
+            self._close()
+
+    def _close(self) -> None:
+        for child in self.children.values():
+            child.close_pipe()
+        if self.ops is not None:
+            self.ops.close()
+
+    def _start_ops(self) -> None:
+        if self.ops is not None:
+            self.ops.start(self._children_state, lambda: self.stopping)
 
     def _children_state(self) -> list[tuple[int, int, bool]]:
         """(slot, pid, alive and started) of each worker, for the readiness probe."""

@@ -1,0 +1,229 @@
+"""Operations on a real broker: /metrics counts by outcome (one process and two),
+/readyz follows the connection and the drain, and JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import WorkerProcess, eventually, read_record
+from prometheus_client.parser import text_string_to_metric_families
+from proxy import Proxy
+
+Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def get(port: int, path: str) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+
+
+async def scrape(port: int) -> Metrics:
+    text = (await get(port, "/metrics")).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def messages(metrics: Metrics, queue: str, outcome: str) -> float:
+    for (name, labels), value in metrics.items():
+        d = dict(labels)
+        if name == "rabbitworker_messages_total" and (d["queue"], d["outcome"]) == (
+            queue,
+            outcome,
+        ):
+            return value
+    return 0.0
+
+
+def histogram_count(metrics: Metrics, queue: str) -> float:
+    return sum(
+        v
+        for (name, labels), v in metrics.items()
+        if name == "rabbitworker_handler_duration_seconds_count" and dict(labels)["queue"] == queue
+    )
+
+
+async def publish_jobs(mod: Any, kinds: list[str], note: str = "") -> None:
+    async with mod.app:
+        for n, kind in enumerate(kinds):
+            await mod.app.publish(mod.Job(n=n, kind=kind, note=note))
+
+
+async def ready(port: int) -> bool:
+    try:
+        return (await get(port, "/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+async def test_metrics_count_messages_by_outcome_with_a_duration_histogram(
+    app_module: Callable[[str], Any],
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    mod = app_module("ops_app")
+    port = free_port()
+    worker = worker_process("--app", "ops_app:app", "--metrics-port", str(port))
+    worker.wait_consuming()
+    await publish_jobs(mod, ["ok", "ok", "ok", "retry-once", "reject"])
+    await eventually(lambda: len(read_record(tmp_path)) == 10, timeout=20)  # 6 starts, 4 done
+    queue = mod.app.queues[0]
+
+    async def counted() -> bool:
+        m = await scrape(port)
+        return messages(m, queue, "ok") == 4 and messages(m, queue, "dead_lettered") == 1
+
+    await eventually(counted, timeout=10)
+    m = await scrape(port)
+    assert messages(m, queue, "retried") == 1
+    assert messages(m, queue, "handed_back") == 0
+    assert histogram_count(m, queue) == 6
+    retries = [v for (n, _), v in m.items() if n == "rabbitworker_retries_total"]
+    dead = [dict(lb) for (n, lb), _ in m.items() if n == "rabbitworker_dead_letters_total"]
+    assert retries == [1.0]
+    assert len(dead) == 1 and "Reject" in dead[0]["error"]
+    assert worker.stop() == 0
+
+
+async def test_with_two_processes_one_scrape_counts_both(
+    app_module: Callable[[str], Any],
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    mod = app_module("ops_app")
+    port = free_port()
+    worker = worker_process(
+        "--app", "ops_app:app", "--processes", "2", "--prefetch", "1",
+        "--metrics-port", str(port), "--health-port", str(port),
+    )  # fmt: skip
+    await eventually(lambda: ready(port), timeout=30)
+    await publish_jobs(mod, ["slow"] * 30)
+
+    def done() -> list[list[str]]:
+        return [r for r in read_record(tmp_path) if r[0] == "done"]
+
+    await eventually(lambda: len(done()) == 30, timeout=30)
+    pids = {r[3] for r in done()}
+    assert len(pids) == 2, pids  # both processes handled some
+    queue = mod.app.queues[0]
+
+    async def counted() -> bool:
+        return messages(await scrape(port), queue, "ok") == 30
+
+    await eventually(counted, timeout=10)
+    assert histogram_count(await scrape(port), queue) == 30
+    assert worker.stop() == 0
+
+
+async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
+    app_module: Callable[[str], Any],
+    worker_process: Callable[..., WorkerProcess],
+    proxy: Proxy,
+    broker_url: str,
+    tmp_path: Path,
+) -> None:
+    mod = app_module("ops_app")
+    port = free_port()
+    worker = worker_process(
+        "--app", "ops_app:app", "--health-port", str(port), "--grace", "30",
+        env={"RABBITWORKER_URL": proxy.url(broker_url)},
+    )  # fmt: skip
+    await eventually(lambda: ready(port), timeout=20)
+    assert (await get(port, "/healthz")).status_code == 200
+
+    proxy.cut(down="refuse")
+    await eventually(lambda: _not(ready(port)), timeout=10)
+    body = (await get(port, "/readyz")).json()
+    assert body["connected"] is False
+    assert (await get(port, "/healthz")).status_code == 200  # alive, only not ready
+    await proxy.restore()
+    await eventually(lambda: ready(port), timeout=20)
+
+    # A handler that runs until told: at SIGTERM the worker is unready at once,
+    # while that handler still runs and the process still answers.
+    await publish_jobs(mod, ["wait"])
+    await eventually(lambda: any(r[0] == "start" for r in read_record(tmp_path)), timeout=10)
+    worker.proc.send_signal(signal.SIGTERM)
+    await eventually(lambda: _not(ready(port)), timeout=10)
+    assert (await get(port, "/readyz")).json()["draining"] is True
+    assert (await get(port, "/healthz")).status_code == 200
+    assert worker.proc.poll() is None
+    assert not any(r[0] == "done" for r in read_record(tmp_path))
+    Path(f"{tmp_path / 'handled.txt'}.go").touch()
+    assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+    assert any(r[0] == "done" for r in read_record(tmp_path))
+
+
+async def _not(check: Any) -> bool:
+    return not await check
+
+
+def _json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+async def _run_json_worker(
+    mod: Any,
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    *extra: str,
+) -> list[dict[str, Any]]:
+    worker = worker_process("--app", "ops_app:app", "--log-format", "json", *extra)
+    worker.wait_consuming()
+    start = len(read_record(tmp_path))
+    await publish_jobs(mod, ["ok", "retry-once", "reject"], note="a-body-marker")
+    await eventually(lambda: len(read_record(tmp_path)) - start == 6, timeout=20)
+    lines: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        lines[:] = _json_lines(worker.output)
+        return sum(1 for line in lines if line["logger"] == "rabbitworker.messages") == 4
+
+    await eventually(logged, timeout=10)
+    assert worker.stop() == 0
+    return _json_lines(worker.output)  # every line parses, to the last
+
+
+async def test_json_logs_carry_the_message_fields_and_no_body_unless_asked(
+    app_module: Callable[[str], Any],
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    mod = app_module("ops_app")
+    lines = await _run_json_worker(mod, worker_process, tmp_path)
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    handled = [line for line in lines if line["logger"] == "rabbitworker.messages"]
+    fields = {"message_id", "queue", "type", "attempt", "duration", "outcome"}
+    assert all(fields <= set(line) for line in handled)
+    assert sorted(line["outcome"] for line in handled) == ["ack", "ack", "dead_letter", "retry"]
+    assert {line["queue"] for line in handled} == {mod.app.queues[0]}
+    assert "a-body-marker" not in json.dumps(lines)
+    assert "guest:guest" not in json.dumps(lines)
+
+    with_bodies = await _run_json_worker(mod, worker_process, tmp_path, "--log-bodies")
+    bodies = [line["body"] for line in with_bodies if line["logger"] == "rabbitworker.messages"]
+    assert len(bodies) == 4 and all("a-body-marker" in b for b in bodies)
+
+
+def test_a_supervised_worker_serves_nothing_itself() -> None:
+    from rabbitworker.supervisor import child_args
+
+    args = ["--app", "a:b", "--metrics-port", "9100", "--health-port=9101", "--processes", "2"]
+    assert child_args(args) == ["--app", "a:b", "--processes", "1"]
+    assert os.environ.get("RABBITWORKER_OPS_DIR") is None
