@@ -141,8 +141,8 @@ async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
     mod = app_module("ops_app")
     port = free_port()
     worker = worker_process(
-        "--app", "ops_app:app", "--health-port", str(port), "--grace", "30",
-        env={"RABBITWORKER_URL": proxy.url(broker_url)},
+        "--app", "ops_app:app", "--health-port", str(port), "--metrics-port", str(port),
+        "--grace", "30", env={"RABBITWORKER_URL": proxy.url(broker_url)},
     )  # fmt: skip
     await eventually(lambda: ready(port), timeout=20)
     assert (await get(port, "/healthz")).status_code == 200
@@ -155,6 +155,11 @@ async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
     await proxy.restore()
     await eventually(lambda: ready(port), timeout=20)
 
+    async def reconnected() -> bool:
+        return (await scrape(port)).get(("rabbitworker_reconnects_total", ()), 0) == 1
+
+    await eventually(reconnected, timeout=5)  # sampled once a second
+
     # A handler that runs until told: at SIGTERM the worker is unready at once,
     # while that handler still runs and the process still answers.
     await publish_jobs(mod, ["wait"])
@@ -165,6 +170,13 @@ async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
     assert (await get(port, "/healthz")).status_code == 200
     assert worker.proc.poll() is None
     assert not any(r[0] == "done" for r in read_record(tmp_path))
+    queue = mod.app.queues[0]
+
+    async def one_in_flight() -> bool:
+        m = await scrape(port)
+        return m.get(("rabbitworker_messages_in_flight", (("queue", queue),))) == 1
+
+    await eventually(one_in_flight, timeout=5)
     Path(f"{tmp_path / 'handled.txt'}.go").touch()
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
     assert any(r[0] == "done" for r in read_record(tmp_path))

@@ -125,14 +125,28 @@ class Metrics(Middleware):
 
     def __init__(self) -> None:
         self.m = instruments()
+        # The labelled children of each (queue, type, outcome), looked up once: a
+        # `labels()` call per message would cost more than the counting.
+        self._counted: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def _children(self, queue: str, mtype: str, kind: str) -> tuple[Any, Any]:
+        key = (queue, mtype, kind)
+        found = self._counted.get(key)
+        if found is None:
+            found = self._counted[key] = (
+                self.m.messages.labels(queue, mtype, OUTCOMES[kind]),
+                self.m.duration.labels(queue, mtype),
+            )
+        return found
 
     async def on_settle(self, ctx: Context | None, settled: Settled) -> None:
-        m = self.m
         queue, kind = settled.queue, settled.kind
         mtype = settled.delivery.type
-        m.messages.labels(queue, mtype, OUTCOMES[kind]).inc()
+        counter, histogram = self._children(queue, mtype, kind)
+        counter.inc()
         if settled.duration is not None:
-            m.duration.labels(queue, mtype).observe(settled.duration)
+            histogram.observe(settled.duration)
+        m = self.m
         if settled.error is not None and kind in ("retry", "dead_letter"):
             counter = m.retries if kind == "retry" else m.dead_letters
             counter.labels(queue, mtype, error_type(settled.error)).inc()
