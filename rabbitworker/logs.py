@@ -10,7 +10,7 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from .middleware.base import Middleware, Settled
+from .middleware.base import OUTCOME_NAMES, Middleware, Settled
 from .urls import url_secrets
 from .wire import attempt_of
 
@@ -113,19 +113,19 @@ class MessageLog(Middleware):
             "type": delivery.type,
             "attempt": attempt_of(delivery.headers),
             "duration": None if settled.duration is None else round(settled.duration, 6),
-            "outcome": settled.kind,
+            "outcome": OUTCOME_NAMES[settled.kind],
         }
         if settled.error is not None:
             fields["error"] = f"{type(settled.error).__name__}: {settled.error}"
         if self.bodies:
             fields["body"] = delivery.body[:MAX_BODY_CHARS].decode("utf-8", "replace")
-        took = "" if settled.duration is None else f" in {settled.duration:.3f} s"
+        took = "" if settled.duration is None else f", {settled.duration:.3f} s"
         self.log.log(
             self.level,
             "message %s on %s: %s (attempt %d%s)",
             delivery.message_id,
             settled.queue,
-            settled.kind,
+            fields["outcome"],
             fields["attempt"],
             took,
             extra=fields,

@@ -223,7 +223,7 @@ async def test_json_logs_carry_the_message_fields_and_no_body_unless_asked(
     handled = [line for line in lines if line["logger"] == "rabbitworker.messages"]
     fields = {"message_id", "queue", "type", "attempt", "duration", "outcome"}
     assert all(fields <= set(line) for line in handled)
-    assert sorted(line["outcome"] for line in handled) == ["ack", "ack", "dead_letter", "retry"]
+    assert sorted(line["outcome"] for line in handled) == ["dead_lettered", "ok", "ok", "retried"]
     assert {line["queue"] for line in handled} == {mod.app.queues[0]}
     assert "a-body-marker" not in json.dumps(lines)
     assert "guest:guest" not in json.dumps(lines)

@@ -59,4 +59,4 @@ async def test_the_handler_continues_the_publishers_trace_and_passes_it_on(
     assert follow_up.parent is not None and follow_up.parent.span_id == handled.context.span_id
     assert handled_2.parent is not None and handled_2.parent.span_id == follow_up.context.span_id
     assert handled.attributes is not None
-    assert handled.attributes["rabbitworker.outcome"] == "ack"
+    assert handled.attributes["rabbitworker.outcome"] == "ok"

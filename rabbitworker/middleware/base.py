@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..transport import Delivery
     from ..wire import Properties
 
-__all__ = ["Middleware", "Outcome", "PublishHooks", "Settled", "overrides"]
+__all__ = ["OUTCOME_NAMES", "Middleware", "Outcome", "PublishHooks", "Settled", "overrides"]
 
 log = logging.getLogger("rabbitworker.middleware")
 
@@ -74,6 +74,15 @@ class Settled:
     result: Any = None
     started_at: float | None = None
     duration: float | None = None
+
+
+# What a `Settled.kind` is called in metrics and logs.
+OUTCOME_NAMES = {
+    "ack": "ok",
+    "retry": "retried",
+    "dead_letter": "dead_lettered",
+    "handed_back": "handed_back",
+}
 
 
 class Middleware:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from ..middleware.base import Middleware, Settled
+from ..middleware.base import OUTCOME_NAMES, Middleware, Settled
 from ..wire import DIRECT_REPLY_TO, error_type
 
 if TYPE_CHECKING:
@@ -29,15 +29,8 @@ if TYPE_CHECKING:
     from ..wire import Properties
     from ..worker import Worker
 
-__all__ = ["OUTCOMES", "Instruments", "Metrics", "Sampler", "instruments", "render"]
+__all__ = ["Instruments", "Metrics", "Sampler", "instruments", "render"]
 
-# What `Settled.kind` is called in `rabbitworker_messages_total{outcome}`.
-OUTCOMES = {
-    "ack": "ok",
-    "retry": "retried",
-    "dead_letter": "dead_lettered",
-    "handed_back": "handed_back",
-}
 SAMPLE_INTERVAL_S = 1.0
 
 
@@ -134,7 +127,7 @@ class Metrics(Middleware):
         found = self._counted.get(key)
         if found is None:
             found = self._counted[key] = (
-                self.m.messages.labels(queue, mtype, OUTCOMES[kind]),
+                self.m.messages.labels(queue, mtype, OUTCOME_NAMES[kind]),
                 self.m.duration.labels(queue, mtype),
             )
         return found

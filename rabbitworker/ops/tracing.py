@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
-from ..middleware.base import Middleware, Settled
+from ..middleware.base import OUTCOME_NAMES, Middleware, Settled
 from ..wire import TRACEPARENT, TRACESTATE
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Tracing(Middleware):
         if held is None:
             return
         span, token = held
-        span.set_attribute("rabbitworker.outcome", settled.kind)
+        span.set_attribute("rabbitworker.outcome", OUTCOME_NAMES[settled.kind])
         span.end()
         self._context.detach(token)
 
