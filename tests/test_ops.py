@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from conftest import WorkerProcess, eventually, read_record
 from prometheus_client.parser import text_string_to_metric_families
 from proxy import Proxy
+
+from rabbitworker import App, TaskMessage
+from rabbitworker.errors import UnroutableError
+from rabbitworker.middleware import Middleware
+from rabbitworker.wire import Properties
 
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -239,3 +245,59 @@ def test_a_supervised_worker_serves_nothing_itself() -> None:
     args = ["--app", "a:b", "--metrics-port", "9100", "--health-port=9101", "--processes", "2"]
     assert child_args(args) == ["--app", "a:b", "--processes", "1"]
     assert os.environ.get("RABBITWORKER_OPS_DIR") is None
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(prefix: str) -> None:
+    from cli_process import rabbitworker
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = rabbitworker(
+            "run", "--app", "ops_app:app", "--health-port", str(port),
+            env={"RW_TEST_PREFIX": prefix, "RABBITWORKER_CONNECT_TIMEOUT": "1"},
+        )  # fmt: skip
+    assert f"cannot serve on 0.0.0.0:{port}" in run.error_line()
+
+
+class _Hooks(Middleware):
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, float, BaseException | None]] = []
+
+    def before_publish(self, routing_key: str, properties: Properties) -> None:
+        raise RuntimeError("a broken hook")  # logged and contained
+
+    def after_publish(
+        self, routing_key: str, properties: Properties, duration: float, error: BaseException | None
+    ) -> None:
+        self.seen.append((routing_key, duration, error))
+
+
+async def test_publish_hooks_see_each_confirm_and_a_failing_hook_is_contained(
+    make_app: Callable[..., App], prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks = _Hooks()
+    app = make_app(middleware=[hooks])
+
+    class Ping(TaskMessage, routing_key=f"{prefix}.ping"):
+        n: int
+
+    @app.task(queue=f"{prefix}.pings")
+    async def ping(msg: Ping) -> None:
+        pass
+
+    async with app:
+        await app.publish(Ping(n=1))
+        with pytest.raises(UnroutableError):
+            await app.publish(_Stray(n=3))
+    assert [(k, e is None) for k, _, e in hooks.seen] == [
+        (f"{prefix}.ping", True),
+        (_Stray.routing_key, False),
+    ]
+    assert hooks.seen[0][1] > 0
+    assert "a broken hook" in caplog.text
+
+
+class _Stray(TaskMessage, routing_key="rwt-ops.nobody-listens"):
+    n: int

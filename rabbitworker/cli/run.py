@@ -146,6 +146,10 @@ def run(
     )
     s = app.settings
     ops = OpsOptions(s.metrics_port, s.health_port, s.log_format, s.log_bodies)
+    if ops.metrics_port is not None:
+        from ..ops.metrics import require
+
+        require()  # before any process starts
     setup_logging(level, s.url, fmt=s.log_format)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     # Built before any process starts: a bad queue name or setting is one line, once.

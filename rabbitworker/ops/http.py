@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ..errors import ConfigurationError
+
 __all__ = ["Response", "Route", "Server", "serve"]
 
 log = logging.getLogger("rabbitworker.ops")
@@ -57,7 +59,7 @@ def _handler(routes: dict[str, Route]) -> type[BaseHTTPRequestHandler]:
 
 def serve(host: str, ports: Iterable[tuple[int, dict[str, Route]]]) -> Server:
     """Serve `routes` on each port (routes of the same port are merged); returns
-    once every port listens. Raises `OSError` for a port in use."""
+    once every port listens. Raises `ConfigurationError` for a port in use."""
     merged: dict[int, dict[str, Route]] = {}
     for port, routes in ports:
         merged.setdefault(port, {}).update(routes)
@@ -67,9 +69,13 @@ def serve(host: str, ports: Iterable[tuple[int, dict[str, Route]]]) -> Server:
             server = ThreadingHTTPServer((host, port), _handler(routes))
             server.daemon_threads = True
             servers.append(server)
-    except BaseException:
+    except BaseException as exc:
         for server in servers:
             server.server_close()
+        if isinstance(exc, OSError):
+            raise ConfigurationError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         raise
     for server in servers:
         name = f"rabbitworker-http-{server.server_address[1]}"

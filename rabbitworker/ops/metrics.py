@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..wire import Properties
     from ..worker import Worker
 
-__all__ = ["Instruments", "Metrics", "Sampler", "instruments", "render"]
+__all__ = ["Instruments", "Metrics", "Sampler", "instruments", "render", "require"]
 
 SAMPLE_INTERVAL_S = 1.0
 
@@ -52,16 +52,23 @@ class Instruments:
     blocked_loop: Counter
 
 
+def require() -> None:
+    """Raises `ConfigurationError` when prometheus-client is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise ConfigurationError(
+            "metrics need prometheus-client: pip install 'rabbitworker[metrics]'"
+        )
+
+
 @functools.cache
 def instruments() -> Instruments:
     """The metrics of this process, registered once. Raises `ConfigurationError`
     when prometheus-client is not installed."""
-    try:
-        from prometheus_client import Counter, Gauge, Histogram
-    except ImportError:
-        raise ConfigurationError(
-            "metrics need prometheus-client: pip install 'rabbitworker[metrics]'"
-        ) from None
+    require()
+    from prometheus_client import Counter, Gauge, Histogram
+
     qt = ("queue", "type")
     return Instruments(
         messages=Counter("rabbitworker_messages", "Messages handled, by outcome", [*qt, "outcome"]),
