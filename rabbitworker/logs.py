@@ -86,7 +86,8 @@ class JsonFormatter(logging.Formatter):
         }
         for name in MESSAGE_FIELDS:
             if name in record.__dict__:
-                out[name] = record.__dict__[name]
+                value = record.__dict__[name]
+                out[name] = mask_secrets(value) if isinstance(value, str) else value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -301,3 +301,26 @@ async def test_publish_hooks_see_each_confirm_and_a_failing_hook_is_contained(
 
 class _Stray(TaskMessage, routing_key="rwt-ops.nobody-listens"):
     n: int
+
+
+def test_json_lines_mask_the_password_in_the_message_the_fields_and_the_traceback() -> None:
+    import logging
+    import sys
+
+    from rabbitworker.logs import JsonFormatter, MaskPassword, hide_password
+
+    hide_password("amqp://user:s3cr3t-pw@example.org/")
+    try:
+        raise ConnectionError("refused by amqp://user:s3cr3t-pw@example.org/")
+    except ConnectionError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "rabbitworker.messages", logging.ERROR, __file__, 1, "lost %s", ("s3cr3t-pw",), exc_info
+    )
+    record.__dict__.update(queue="q", error="ConnectionError: s3cr3t-pw")
+    MaskPassword().filter(record)
+    line = JsonFormatter().format(record)
+    parsed = json.loads(line)
+    assert "s3cr3t-pw" not in line
+    assert parsed["message"] == "lost ***" and parsed["queue"] == "q"
+    assert "ConnectionError" in parsed["exc_info"]
