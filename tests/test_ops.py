@@ -148,7 +148,7 @@ async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
     port = free_port()
     worker = worker_process(
         "--app", "ops_app:app", "--health-port", str(port), "--metrics-port", str(port),
-        "--grace", "30", env={"RABBITWORKER_URL": proxy.url(broker_url)},
+        "--grace", "30", "--concurrency", "1", env={"RABBITWORKER_URL": proxy.url(broker_url)},
     )  # fmt: skip
     await eventually(lambda: ready(port), timeout=20)
     assert (await get(port, "/healthz")).status_code == 200
@@ -168,7 +168,7 @@ async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
 
     # A handler that runs until told: at SIGTERM the worker is unready at once,
     # while that handler still runs and the process still answers.
-    await publish_jobs(mod, ["wait"])
+    await publish_jobs(mod, ["wait", "ok"])  # the second waits for the only slot
     await eventually(lambda: any(r[0] == "start" for r in read_record(tmp_path)), timeout=10)
     worker.proc.send_signal(signal.SIGTERM)
     await eventually(lambda: _not(ready(port)), timeout=10)
@@ -183,6 +183,11 @@ async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
         return m.get(("rabbitworker_messages_in_flight", (("queue", queue),))) == 1
 
     await eventually(one_in_flight, timeout=5)
+
+    async def one_handed_back() -> bool:
+        return messages(await scrape(port), queue, "handed_back") == 1
+
+    await eventually(one_handed_back, timeout=10)  # the waiting one, by the drain
     Path(f"{tmp_path / 'handled.txt'}.go").touch()
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
     assert any(r[0] == "done" for r in read_record(tmp_path))

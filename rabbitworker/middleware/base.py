@@ -61,7 +61,8 @@ class Settled:
     """What became of a delivery, for the `on_settle` hook.
 
     `kind` is what was carried out: "ack", "retry", "dead_letter", or "handed_back"
-    (its follow-up could not be confirmed, and it goes back to its queue). `queue` is
+    (its follow-up could not be confirmed, or the drain returns it unhandled or
+    interrupted, then with `ctx` None; it goes back to its queue). `queue` is
     the work queue; `started_at` (epoch seconds) and `duration` (seconds) are the
     handler's, None when no handler ran (a body that did not decode).
     """

@@ -210,6 +210,7 @@ class Dispatcher:
         that its redelivery is not taken for a crash; a plain requeue if that fails."""
         self.handed_back += 1
         log.debug("message %s on %s handed back", delivery.message_id, queue)
+        await self.settlement.announce_hand_back(delivery, queue)
         # Requeued before our consumer is gone, it could come straight back to us.
         await self.consumers_cancelled.wait()
         try:

@@ -180,6 +180,10 @@ class Settlement:
                     "middleware %s failed on message %s", type(m).__name__, delivery.message_id
                 )
 
+    async def announce_hand_back(self, delivery: Delivery, queue: str) -> None:
+        """Tell the `on_settle` hooks of a delivery the drain returns to its queue."""
+        await self._announce(Processed(Outcome.ack()), delivery, queue, None)
+
     async def _hand_back(
         self, delivery: Delivery, queue: str, error: BaseException, processed: Processed
     ) -> str:
