@@ -134,7 +134,22 @@ async def test_with_two_processes_one_scrape_counts_both(
 
     await eventually(counted, timeout=10)
     assert histogram_count(await scrape(port), queue) == 30
-    assert worker.stop() == 0
+
+    # The supervisor is unready from its SIGTERM on, while a worker still drains.
+    await publish_jobs(mod, ["wait"])
+
+    def starts() -> int:
+        return sum(1 for r in read_record(tmp_path) if r[0] == "start")
+
+    await eventually(lambda: starts() == 31, timeout=10)
+    worker.proc.send_signal(signal.SIGTERM)
+    await eventually(lambda: _not(ready(port)), timeout=10)
+    assert (await get(port, "/readyz")).json()["draining"] is True
+    assert (await get(port, "/healthz")).status_code == 200
+    assert len(done()) == 30 and worker.proc.poll() is None
+    Path(f"{tmp_path / 'handled.txt'}.go").touch()
+    assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+    assert len(done()) == 31
 
 
 async def test_readyz_follows_the_connection_and_fails_first_at_sigterm(
