@@ -91,7 +91,11 @@ def _routes(options: OpsOptions, health: WorkerHealth) -> list[tuple[int, dict[s
 
 
 async def run_worker(
-    worker: Worker, options: OpsOptions, on_ready: Callable[[], None] | None
+    worker: Worker,
+    options: OpsOptions,
+    on_ready: Callable[[], None] | None,
+    *,
+    handle_signals: bool = True,
 ) -> None:
     """Run the worker with its endpoints (or its files, when supervised) and sampler."""
     from .metrics import Sampler
@@ -113,7 +117,7 @@ async def run_worker(
             on_ready()
 
     try:
-        await worker.run(on_ready=ready)
+        await worker.run(on_ready=ready, handle_signals=handle_signals)
     finally:
         await sampler.stop()
         if server is not None:
