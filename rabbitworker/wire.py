@@ -50,6 +50,7 @@ __all__ = [
     "replays_of",
     "reply_properties",
     "results_ttl_of",
+    "routing_label",
     "rpc_retry_requested",
     "text_of",
 ]
@@ -268,3 +269,9 @@ def text_of(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode(errors="replace")
     return str(value)
+
+
+def routing_label(routing_key: str) -> str:
+    """The routing key to name a publish by in metrics and spans: each RPC reply goes
+    to a reply-to name of its own, so all of them are named `(reply)`."""
+    return "(reply)" if routing_key.startswith(DIRECT_REPLY_TO) else routing_key

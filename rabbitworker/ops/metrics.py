@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware.base import OUTCOME_NAMES, Middleware, Settled
-from ..wire import DIRECT_REPLY_TO, error_type
+from ..wire import error_type, routing_label
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Gauge, Histogram
@@ -115,11 +115,6 @@ def render() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
-def _key(routing_key: str) -> str:
-    # Each RPC reply goes to its own reply-to name: one label value for all of them.
-    return "(reply)" if routing_key.startswith(DIRECT_REPLY_TO) else routing_key
-
-
 class Metrics(Middleware):
     """Counts what happens to messages and publishes (see the module docstring)."""
 
@@ -158,7 +153,7 @@ class Metrics(Middleware):
         duration: float,
         error: BaseException | None,
     ) -> None:
-        key = _key(routing_key)
+        key = routing_label(routing_key)
         self.m.publishes.labels(key, "confirmed" if error is None else "failed").inc()
         if error is None:
             self.m.confirm.labels(key).observe(duration)

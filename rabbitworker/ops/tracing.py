@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware.base import OUTCOME_NAMES, Middleware, Settled
-from ..wire import TRACEPARENT, TRACESTATE
+from ..wire import TRACEPARENT, TRACESTATE, routing_label
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -84,7 +84,7 @@ class Tracing(Middleware):
 
     def before_publish(self, routing_key: str, properties: Properties) -> None:
         span = self._tracer.start_span(
-            f"{routing_key} publish",
+            f"{routing_label(routing_key)} publish",
             kind=self._trace.SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "rabbitmq",
