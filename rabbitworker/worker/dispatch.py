@@ -77,6 +77,14 @@ class Dispatcher:
     def running(self) -> dict[asyncio.Task[Any], Held]:
         return {t: h for t, h in self.held.items() if h.started}
 
+    def load(self) -> dict[str, tuple[int, int]]:
+        """For each queue with deliveries held: handlers running, deliveries waiting."""
+        counts: dict[str, tuple[int, int]] = {}
+        for held in list(self.held.values()):
+            running, waiting = counts.get(held.queue, (0, 0))
+            counts[held.queue] = (running + held.started, waiting + (not held.started))
+        return counts
+
     async def on_work(self, queue: str, delivery: Delivery) -> None:
         """A delivery from a work queue."""
         if self.stopping.is_set():
@@ -223,6 +231,7 @@ class Dispatcher:
         that its redelivery is not taken for a crash; a plain requeue if that fails."""
         self.handed_back += 1
         log.debug("message %s on %s handed back", delivery.message_id, queue)
+        await self.settlement.announce_hand_back(delivery, queue)
         # Requeued before our consumer is gone, it could come straight back to us.
         await self.consumers_cancelled.wait()
         try:

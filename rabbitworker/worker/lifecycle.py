@@ -45,12 +45,10 @@ FORCED_CLOSE_TIMEOUT_S = 2.0
 
 
 class Worker:
-    """Consumes the given queues of an app and runs their handlers.
-
-    `concurrency` bounds the handlers running at once across all queues; `prefetch`
-    bounds the unacknowledged deliveries per queue. Options left as None come from
-    the app's settings. Raises `ConfigurationError` for a queue the app does not have.
-    """
+    """Consumes the given queues of an app and runs their handlers: `concurrency`
+    bounds the handlers running at once across all queues, `prefetch` the unacknowledged
+    deliveries per queue; options left as None come from the app's settings. Raises
+    `ConfigurationError` for a queue the app does not have."""
 
     def __init__(
         self,
@@ -215,11 +213,8 @@ class Worker:
     async def run(
         self, *, handle_signals: bool = True, on_ready: Callable[[], None] | None = None
     ) -> None:
-        """Run until `stop()` or SIGTERM/SIGINT, then drain and close.
-
-        `on_ready` is called once every consumer is running (the supervisor uses it
-        to tell a child that started from one that failed to).
-        """
+        """Run until `stop()` or SIGTERM/SIGINT, then drain and close; `on_ready` is
+        called once every consumer is running (the supervisor's sign of a good start)."""
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -289,9 +284,24 @@ class Worker:
         return self._dispatch.handled if self._dispatch else 0
 
     @property
+    def blocked_loop_warnings(self) -> int:
+        """Warnings of the event loop blocked past `blocked_loop_warning` seconds."""
+        return self._watchdog.warnings if self._watchdog is not None else 0
+
+    def load(self) -> dict[str, tuple[int, int]]:
+        """For each queue: handlers running, and deliveries waiting for a slot."""
+        held = self._dispatch.load() if self._dispatch is not None else {}
+        return {q: held.get(q, (0, 0)) for q in self.queues}
+
+    @property
     def suspects_moved(self) -> int:
         """Redeliveries this worker could not account for and moved to a suspect queue."""
         return self._dispatch.suspects.moved if self._dispatch else 0
+
+    @property
+    def draining(self) -> bool:
+        """Asked to stop (SIGTERM, `stop()`): not ready for more work."""
+        return self._stopping.is_set()
 
     @property
     def consuming(self) -> bool:
