@@ -1,6 +1,12 @@
 """Confirmed publishing on one robust channel: mandatory publishes with publisher
 confirms, sent again after a reconnect within the publish timeout (never reported
-as published unconfirmed), and expiring queues declared on demand."""
+as published unconfirmed), and expiring queues declared on demand.
+
+Soon after a reconnect (a cluster node died), a nack is taken for the cluster
+settling rather than a refusal: RabbitMQ 3.10 nacks, on a channel whose first
+publish to a quorum queue came while the queue's leader was dead, every later
+publish to it, until the channel is closed. So the channel is swapped for a fresh one
+and the message sent again, within the publish timeout."""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ __all__ = ["ConfirmedChannel"]
 log = logging.getLogger("rabbitworker.publisher")
 
 _RESEND_PAUSE = 0.05
+_NACK_PAUSE = 0.2  # a new quorum queue leader is elected in about 0.4 s
+_RECYCLE_EVERY = 0.5  # at most one fresh channel per this many seconds
 
 
 def _where(exchange: str, routing_key: str) -> str:
@@ -47,6 +55,34 @@ class ConfirmedChannel:
         self._declared: dict[str, float] = {}
         self._declare_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        self._reconnected_at: float | None = None
+        self._recycled_at = 0.0
+        connection.reconnect_callbacks.add(self._on_reconnect)
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self._reconnected_at = time.monotonic()
+
+    def _settling(self, exc: BaseException) -> bool:
+        """Whether `exc` is a nack soon after a reconnect (see the module doc)."""
+        since = self._reconnected_at
+        return (
+            isinstance(exc, aiormq.exceptions.DeliveryError)
+            and isinstance(exc.frame, aiormq.spec.Basic.Nack)
+            and since is not None
+            and time.monotonic() - since < self.timeout
+        )
+
+    async def _recycle(self) -> None:
+        """Close the channel under the robust one, which opens a fresh one."""
+        if time.monotonic() - self._recycled_at < _RECYCLE_EVERY:
+            return
+        self._recycled_at = time.monotonic()
+        log.debug("a nack soon after a reconnect: publishing on a fresh channel")
+        try:
+            underlay = await self.channel.get_underlay_channel()
+            await underlay.close()
+        except Exception as exc:  # closed meanwhile: the robust channel reopens anyway
+            log.debug("closing the publishing channel: %s", exc)
 
     def close(self) -> None:
         """Mark closed: a publish waiting for a reconnect gives up."""
@@ -101,7 +137,10 @@ class ConfirmedChannel:
             error = self._error(exc, where)
             if error is None:
                 raise
-            lost = isinstance(error, ConnectionFailed) and not error.permanent
+            settling = self._settling(exc)
+            if settling:
+                await self._recycle()
+            lost = settling or (isinstance(error, ConnectionFailed) and not error.permanent)
             if rpc or not resend or not lost or self._closed.is_set():
                 raise error from exc
             first = error
@@ -147,6 +186,8 @@ class ConfirmedChannel:
         """
         where = _where(exchange, routing_key)
         log.debug("message %s: publishing again once reconnected", properties.message_id)
+        if isinstance(error, NotConfirmed):
+            await asyncio.sleep(_NACK_PAUSE)
         while True:
             try:
                 await self._wait_ready(deadline)
@@ -164,21 +205,33 @@ class ConfirmedChannel:
                 error = exc
                 break
             except Exception as exc:
-                mapped = self._error(exc, where)
-                if mapped is None:
-                    raise
-                if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
-                    raise mapped from exc
-                error = mapped
+                error = await self._resend_error(exc, where)
+                pause = _NACK_PAUSE if isinstance(error, NotConfirmed) else _RESEND_PAUSE
             if time.monotonic() >= deadline:
                 break
-            # The channel said ready and closed again: the link is flapping.
-            await asyncio.sleep(_RESEND_PAUSE)
+            # The channel said ready and closed again (the link is flapping), or the
+            # cluster still nacks.
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        if isinstance(error, NotConfirmed):
+            raise error
         raise ConnectionFailed(
             f"{where}: the connection to the broker was lost and not restored within "
             f"{self.timeout:g} s (publish_timeout); message {properties.message_id} "
             "was not confirmed"
         ) from error
+
+    async def _resend_error(self, exc: Exception, where: str) -> RabbitWorkerError:
+        """What a failed resend means: another try (the error is returned) when the
+        connection was lost or the cluster is settling; raised otherwise."""
+        mapped = self._error(exc, where)
+        if mapped is None:
+            raise exc
+        if self._settling(exc):
+            await self._recycle()
+            return mapped
+        if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
+            raise mapped from exc
+        return mapped
 
     async def ensure_queue(self, spec: QueueSpec, *, force: bool = False) -> None:
         """Declare an expiring queue unless declared recently; redeclaring resets its
