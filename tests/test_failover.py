@@ -8,16 +8,20 @@ import asyncio
 import logging
 import random
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import aio_pika
 import pytest
 from conftest import eventually
 from proxy import Proxy
 
 from rabbitworker import App, Context, TaskMessage
 from rabbitworker._amqp import connection, failover
+from rabbitworker.errors import NotConfirmed
 from rabbitworker.urls import parse_broker_url
+from rabbitworker.wire import Properties
 
 
 def dead_port() -> int:
@@ -146,3 +150,26 @@ async def test_a_publisher_whose_host_goes_away_publishes_through_the_other_with
     failed = [r for r in results if isinstance(r, BaseException)]
     assert failed == []
     assert second_proxy.accepted >= 1
+
+
+async def test_a_publish_the_broker_keeps_nacking_is_sent_again_until_publish_timeout(
+    make_app: Callable[..., App], prefix: str, amqp: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    queue = f"{prefix}.full"  # takes nothing: every publish to it is nacked
+    channel = await amqp.channel()
+    await channel.declare_queue(
+        queue, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
+    )
+    app = make_app("producer", publish_timeout=1.0)
+    try:
+        async with app:
+            started = time.monotonic()
+            with pytest.raises(NotConfirmed, match=r"refused the message \(nack\)"):
+                await app.transport.send("", queue, b"{}", Properties(message_id="m1"))
+            took = time.monotonic() - started
+            # It waited out the publish timeout, and the channel still publishes after.
+            assert 0.9 < took < 3
+            await app.transport.send("", "", b"{}", Properties(), mandatory=False)
+    finally:
+        await channel.queue_delete(queue)
+        await channel.close()

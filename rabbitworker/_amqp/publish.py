@@ -2,11 +2,11 @@
 confirms, sent again after a reconnect within the publish timeout (never reported
 as published unconfirmed), and expiring queues declared on demand.
 
-Soon after a reconnect (a cluster node died), a nack is taken for the cluster
-settling rather than a refusal: RabbitMQ 3.10 nacks, on a channel whose first
-publish to a quorum queue came while the queue's leader was dead, every later
-publish to it, until the channel is closed. So the channel is swapped for a fresh one
-and the message sent again, within the publish timeout."""
+A nack is taken for a broker that cannot take the message yet (a quorum queue between
+two leaders, after a cluster node died) rather than a refusal: the message is sent
+again, on a fresh channel, until the publish timeout. RabbitMQ 3.10 goes on nacking,
+on a channel whose first publish to a quorum queue came while the queue's leader was
+dead, every later publish to that queue until the channel is closed."""
 
 from __future__ import annotations
 
@@ -55,21 +55,13 @@ class ConfirmedChannel:
         self._declared: dict[str, float] = {}
         self._declare_lock = asyncio.Lock()
         self._closed = asyncio.Event()
-        self._reconnected_at: float | None = None
         self._recycled_at = 0.0
-        connection.reconnect_callbacks.add(self._on_reconnect)
 
-    def _on_reconnect(self, *_: Any) -> None:
-        self._reconnected_at = time.monotonic()
-
-    def _settling(self, exc: BaseException) -> bool:
-        """Whether `exc` is a nack soon after a reconnect (see the module doc)."""
-        since = self._reconnected_at
-        return (
-            isinstance(exc, aiormq.exceptions.DeliveryError)
-            and isinstance(exc.frame, aiormq.spec.Basic.Nack)
-            and since is not None
-            and time.monotonic() - since < self.timeout
+    @staticmethod
+    def _settling(exc: BaseException) -> bool:
+        """Whether `exc` is a nack: the cluster is settling (see the module doc)."""
+        return isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
+            exc.frame, aiormq.spec.Basic.Nack
         )
 
     async def _recycle(self) -> None:
@@ -77,7 +69,7 @@ class ConfirmedChannel:
         if time.monotonic() - self._recycled_at < _RECYCLE_EVERY:
             return
         self._recycled_at = time.monotonic()
-        log.debug("a nack soon after a reconnect: publishing on a fresh channel")
+        log.debug("a nack: publishing on a fresh channel")
         try:
             underlay = await self.channel.get_underlay_channel()
             await underlay.close()
@@ -133,20 +125,24 @@ class ConfirmedChannel:
             )
             return
         except BaseException as exc:
-            where = _where(exchange, routing_key)
-            error = self._error(exc, where)
+            error = self._error(exc, _where(exchange, routing_key))
             if error is None:
                 raise
-            settling = self._settling(exc)
-            if settling:
-                await self._recycle()
-            lost = settling or (isinstance(error, ConnectionFailed) and not error.permanent)
-            if rpc or not resend or not lost or self._closed.is_set():
+            again = resend and not rpc and not self._closed.is_set()
+            if not await self._worth_resending(exc, error) or not again:
                 raise error from exc
             first = error
         await self._resend(
             exchange, routing_key, body, amqp_properties, mandatory, started + self.timeout, first
         )
+
+    async def _worth_resending(self, exc: BaseException, error: RabbitWorkerError) -> bool:
+        """Whether `exc` (mapped to `error`) is a lost connection or a nack, after which
+        the message is sent again; on a nack, on a fresh channel (see the module doc)."""
+        if self._settling(exc):
+            await self._recycle()
+            return True
+        return isinstance(error, ConnectionFailed) and not error.permanent
 
     async def _wait_ready(self, deadline: float) -> None:
         """Wait for the robust channel to be back, unless closed meanwhile."""
