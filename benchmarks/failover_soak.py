@@ -111,7 +111,8 @@ def start_workers(url: str, args: argparse.Namespace, log_path: Path) -> subproc
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
     }
     cmd = [sys.executable, "-m", "rabbitworker", "run", "--app", "soak_app:app"]
-    cmd += ["--processes", str(args.processes), "--log-level", os.environ.get("SOAK_LOG_LEVEL", "INFO")]
+    level = os.environ.get("SOAK_LOG_LEVEL", "INFO")
+    cmd += ["--processes", str(args.processes), "--log-level", level]
     with log_path.open("wb") as log:
         return subprocess.Popen(cmd, env=env, cwd=str(HERE), stdout=log, stderr=subprocess.STDOUT)
 
@@ -202,7 +203,10 @@ async def drive(
         share = [ids[k :: len(apps)] for k in range(len(apps))]
         rate = args.rate / len(apps)
         publishing = asyncio.gather(
-            *(publisher(app, soak_app.Job, part, rate, run) for app, part in zip(apps, share)),
+            *(
+                publisher(app, soak_app.Job, part, rate, run)
+                for app, part in zip(apps, share, strict=True)
+            ),
             chaos(cluster, soak_app.QUEUE, args, run),
         )
         return await watch(record, run, asyncio.ensure_future(publishing), args.stall)
