@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import random
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
-from nodes import RabbitCluster, RabbitNode  # noqa: E402
+from nodes import NodeError, RabbitCluster, RabbitNode  # noqa: E402
 from soak import Record, children_of  # noqa: E402
 
 __all__ = ["main"]
@@ -86,11 +87,34 @@ async def publisher(app: Any, job: Any, ids: list[int], rate: float, run: Run) -
         await asyncio.wait(pending)
 
 
+async def led(cluster: RabbitCluster, queue: str, *, timeout: float) -> None:
+    """Wait until `queue` exists and has a leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await asyncio.to_thread(cluster.leader_of, queue)
+            return
+        except NodeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+def connections_by_node(cluster: RabbitCluster) -> Counter[str]:
+    """Client connections per node ("n1", "n2", "n3"), by the port they came in on."""
+    names = {node.amqp_port: f"n{k}" for k, node in enumerate(cluster.nodes, 1)}
+    rows = json.loads(cluster.ask("list_connections", "port", "--formatter=json"))
+    return Counter(names.get(int(row["port"]), "?") for row in rows)
+
+
 async def chaos(cluster: RabbitCluster, queue: str, args: argparse.Namespace, run: Run) -> None:
     """Kill the queue's leader once `args.kill_after` of the run has passed, start it
     again `args.down` seconds later."""
     await asyncio.sleep(args.messages / args.rate * args.kill_after)
     leader: RabbitNode = await asyncio.to_thread(cluster.leader_of, queue)
+    spread = await asyncio.to_thread(connections_by_node, cluster)
+    run.events.append(f"client connections by node before the kill: {dict(sorted(spread.items()))}")
+    run.events.append(f"leader: {leader.name}")
     run.killed_at = time.monotonic()
     await asyncio.to_thread(leader.kill)
     run.events.append(f"SIGKILL {leader.name} (the leader of {queue})")
@@ -176,11 +200,11 @@ async def soak(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with RabbitCluster(3) as cluster:
         print(f"cluster up in {time.monotonic() - started:.1f} s: {cluster.multi_host_url}")
-        soak_app.app.configure(url=cluster.nodes[0].url)
-        async with soak_app.app:
-            pass  # declared through node 1, which leads the queue
         supervisor = start_workers(cluster.multi_host_url, args, workdir / "workers.log")
         try:
+            # The first worker to declare the queue leads it from the node it is on:
+            # killing the leader kills that worker's node too.
+            await led(cluster, soak_app.QUEUE, timeout=60)
             code = await drive(cluster, soak_app, record, run, args)
         finally:
             await stop(supervisor)
@@ -209,7 +233,11 @@ async def drive(
             ),
             chaos(cluster, soak_app.QUEUE, args, run),
         )
-        return await watch(record, run, asyncio.ensure_future(publishing), args.stall)
+        done = asyncio.ensure_future(publishing)
+        code = await watch(record, run, done, args.stall)
+        if done.done():
+            done.result()  # the chaos or a publisher failed: say how
+        return code
     finally:
         for app in apps:
             await app.close()

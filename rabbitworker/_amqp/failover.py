@@ -90,7 +90,9 @@ class _QuietAttempts(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.msg if isinstance(record.msg, str) else ""
-        return not text.startswith(self.starts)
+        if not text.startswith(self.starts):
+            return True
+        return logging.getLogger("rabbitworker").isEnabledFor(logging.DEBUG)  # --log-level DEBUG
 
 
 def quiet_attempt_noise() -> None:
