@@ -118,8 +118,14 @@ async def test_a_worker_whose_host_goes_away_reconnects_to_the_other_and_logs_it
         await producer.publish(Job(n=1))
         await eventually(lambda: handled == [1], timeout=10)
     assert second_proxy.connections >= 1
+
+    def reconnected() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("reconnected to")]
+
+    # Said once every channel is restored, which may be just after the first delivery.
+    await eventually(lambda: bool(reconnected()), timeout=10)
     lost = [r for r in caplog.records if " lost (" in r.getMessage()]
-    back = [r for r in caplog.records if r.getMessage().startswith("reconnected to")]
+    back = reconnected()
     assert len(lost) == 1 and f"127.0.0.1:{proxy.port} lost" in lost[0].getMessage()
     assert len(back) == 1 and f"reconnected to 127.0.0.1:{second_proxy.port} after" in (
         back[0].getMessage()
@@ -130,8 +136,13 @@ async def test_a_worker_whose_host_goes_away_reconnects_to_the_other_and_logs_it
 
 @pytest.mark.usefixtures("hosts_in_given_order")
 async def test_a_publisher_whose_host_goes_away_publishes_through_the_other_without_a_failure(
-    make_app: Callable[..., App], prefix: str, proxy: Proxy, second_proxy: Proxy
+    make_app: Callable[..., App],
+    prefix: str,
+    proxy: Proxy,
+    second_proxy: Proxy,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="rabbitworker.publisher")
     app = make_app("producer", publish_timeout=10)
     app.configure(url=hosts_url(proxy.port, second_proxy.port))
 
@@ -147,9 +158,15 @@ async def test_a_publisher_whose_host_goes_away_publishes_through_the_other_with
         proxy.cut(down="refuse")
         rest = [asyncio.create_task(app.publish(Job(n=i))) for i in range(200, 400)]
         results = await asyncio.gather(*first, *rest, return_exceptions=True)
+        await eventually(lambda: "reconnected to" in caplog.text, timeout=10)
     failed = [r for r in results if isinstance(r, BaseException)]
     assert failed == []
     assert second_proxy.accepted >= 1
+    # The outage in two lines, not one per waiting publish.
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(loud) == 2, loud
+    assert loud[0].startswith(f"connection to 127.0.0.1:{proxy.port} lost")
+    assert loud[1].startswith(f"reconnected to 127.0.0.1:{second_proxy.port} after")
 
 
 async def test_a_publish_the_broker_keeps_nacking_is_sent_again_until_publish_timeout(
