@@ -25,7 +25,7 @@ __all__ = ["Row", "main"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-SECTIONS = ("publish", "consume", "slow", "rpc", "processes", "results")
+SECTIONS = ("publish", "consume", "metrics", "slow", "rpc", "processes", "results")
 
 
 @dataclass
@@ -157,6 +157,19 @@ async def bench_queue_type(args: argparse.Namespace, qt: str, rows: list[Row]) -
             r, lambda: baseline.consume(url, qt, n), lambda: rw.consume(url, qt, n)
         )
         add("consume, no-op handler", "msg/s", base, ours, True, 1.0)
+    if "metrics" in args.only:
+        n = args.messages
+        cpu_off: list[float] = []
+        cpu_on: list[float] = []
+        base, ours = await medians(
+            r,
+            lambda: rw.consume(url, qt, n, cpu=cpu_off),
+            lambda: rw.consume(url, qt, n, metrics=True, cpu=cpu_on),
+        )
+        add("consume no-op, metrics on (baseline: off)", "msg/s", base, ours, True, 0.9)
+        # CPU time moves less than throughput when other jobs share the cores.
+        add("  the same, worker CPU per message", "us/msg", statistics.median(cpu_off),
+            statistics.median(cpu_on), False, round(1 / 0.9, 2))  # fmt: skip
     if "slow" in args.only:
         n = args.slow_messages
         base, ours = await medians(

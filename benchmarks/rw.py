@@ -4,6 +4,7 @@ in-process `Worker` and `App.call`."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -72,11 +73,26 @@ async def publish(url: str, queue_type: str, count: int, batch: int) -> float:
 
 
 async def consume(
-    url: str, queue_type: str, count: int, delay: float = 0.0, results: str | None = None
+    url: str,
+    queue_type: str,
+    count: int,
+    delay: float = 0.0,
+    results: str | None = None,
+    metrics: bool = False,
+    cpu: list[float] | None = None,
 ) -> float:
     """Messages per second, first to last handled, by an in-process worker; with
-    `results` (a store URL) every message's status and result are tracked there."""
+    `results` (a store URL) every message's status and result are tracked there;
+    with `metrics`, the middleware `run --metrics-port` adds (Prometheus metrics and
+    the per-message log line, at DEBUG and so not written). `cpu` gets this process's
+    CPU time per message (µs) from the worker's start to the last message."""
     tally = Tally(count)
+    options: dict[str, Any] = {"results": results}
+    if metrics:
+        from rabbitworker.logs import MessageLog
+        from rabbitworker.ops.metrics import Metrics
+
+        options["middleware"] = [Metrics(), MessageLog(level=logging.DEBUG)]
 
     def register(app: App, queue: str) -> None:
         @app.task(queue=queue, results=results is not None)
@@ -85,16 +101,19 @@ async def consume(
                 await asyncio.sleep(delay)
             tally.hit()
 
-    async with bench_app(url, queue_type, register, results=results) as (app, queue):
+    async with bench_app(url, queue_type, register, **options) as (app, queue):
         connection = await aio_pika.connect(url)
         try:
             await prefill(connection, queue, count)
         finally:
             await connection.close()
         worker = Worker(app, concurrency=CONCURRENCY, prefetch=PREFETCH)
+        started = time.process_time()
         await worker.start()
         try:
             await tally.wait(timeout=60 + count * max(delay, 0.001))
+            if cpu is not None:
+                cpu.append((time.process_time() - started) / count * 1e6)
         finally:
             await worker.shutdown()
         return tally.rate

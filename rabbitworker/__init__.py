@@ -30,6 +30,7 @@ from .errors import (
 )
 from .message import TaskMessage
 from .middleware import Deduplicate, Middleware, Outcome
+from .pacing import RateLimit
 from .policy import RetryPolicy, exponential
 from .rpc import PendingReply
 from .worker import Worker
@@ -53,6 +54,7 @@ __all__ = [
     "RPCError",
     "RPCTimeout",
     "RabbitWorkerError",
+    "RateLimit",
     "Reject",
     "RemoteError",
     "Retry",

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import ConfigurationError
 from .message import R, TaskMessage
 from .middleware import Middleware, Retries
+from .pacing import RateLimit
 from .policy import RetryPolicy
 from .registry import Registry, caller_namespace
 from .results import ResultStore, TaskStatus, open_store
 from .results.tracking import Tracker, ttl_seconds
 from .rpc import PendingReply
+from .schedules.schedule import CatchUp, Schedule, Schedules
 from .session import Session
 from .settings import Settings
 from .topology import QueueType, Topology
@@ -71,6 +73,7 @@ class App:
             **settings,
         }
         self.registry = Registry(default_retry=retry)
+        self.schedules = Schedules()
         self.middleware: list[Middleware] = [Retries(), *middleware]
         self._settings: Settings | None = None
         self._session: Session | None = None
@@ -110,6 +113,8 @@ class App:
         timeout: float | None = None,
         bind: Iterable[str] = (),
         results: bool | timedelta | float = False,
+        rate_limit: str | RateLimit | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for the message type of its first parameter.
 
@@ -119,7 +124,9 @@ class App:
         attempt that runs longer; `bind` adds binding patterns (like
         ``"reports.*"``) to the queue; `results` keeps each message's status and
         result in the app's results store (True: for `results_ttl`, or for a
-        timedelta). Raises `ConfigurationError` for a duplicate handler or routing key.
+        timedelta); `rate_limit` paces its starts (``"20/s"``, or a `RateLimit`),
+        `concurrency` bounds its runs at once in a process. Raises
+        `ConfigurationError` for a duplicate handler or routing key, or a bad option.
         """
         # 0.0 stands for "the app's results_ttl", read when the app starts.
         results_ttl = ttl_seconds(results, 0.0) if results is not True else 0.0
@@ -133,10 +140,30 @@ class App:
                 bind=bind,
                 results_ttl=results_ttl,
                 localns=caller_namespace(1),
+                rate_limit=RateLimit.of(rate_limit),
+                concurrency=concurrency,
             )
             return func
 
         return decorate
+
+    def schedule(
+        self,
+        message: TaskMessage[Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        name: str | None = None,
+        tz: str | None = None,
+        catch_up: CatchUp = "latest",
+    ) -> Schedule:
+        """Publish `message` by `cron` (read in time zone `tz`, default UTC) or `every`
+        interval, from `rabbitworker beat`; `catch_up`: "latest", "all" or "none" of
+        the ticks missed while no beat ran. Raises `ConfigurationError`."""
+        self.register(type(message))
+        return self.schedules.add(
+            Schedule.build(message, cron=cron, every=every, name=name, tz=tz, catch_up=catch_up)
+        )
 
     @property
     def queues(self) -> list[str]:
@@ -166,7 +193,8 @@ class App:
 
     def make_tracker(self) -> Tracker | None:
         """A tracker over a newly opened results store; None when the app has none."""
-        spec = self._results_store or self.settings.results
+        # Not `or`: a store may be empty, and falsy (MemoryResultStore has a length).
+        spec = self._results_store if self._results_store is not None else self.settings.results
         if spec is None:
             return None
         s = self.settings

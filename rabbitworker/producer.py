@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import ConfigurationError, UnroutableError
 from .message import TaskMessage
+from .middleware.base import PublishHooks
 from .results.tracking import Tracker, ttl_seconds
 from .topology import QueueType, delay_exchange_name, delay_queue_spec, quantize_delay_ms
 from .transport import Transport
@@ -31,8 +32,10 @@ class Producer:
         max_message_size: int,
         is_bound: Callable[[str], bool],
         tracker: Tracker | None = None,
+        hooks: PublishHooks | None = None,
     ) -> None:
         self.transport = transport
+        self.hooks = hooks or PublishHooks(())
         self.tracker = tracker
         self.exchange = exchange
         self.queue_type = queue_type
@@ -119,9 +122,13 @@ class Producer:
     async def send(self, key: str, body: bytes, properties: Properties, delay_ms: int) -> None:
         """Publish what `encode` made, through the delay queue when it has a delay."""
         if delay_ms:
-            await self._park(key, body, properties, delay_ms)
+            await self.hooks.send(
+                key, properties, lambda: self._park(key, body, properties, delay_ms)
+            )
         else:
-            await self.transport.send(self.exchange, key, body, properties)
+            await self.hooks.send(
+                key, properties, lambda: self.transport.send(self.exchange, key, body, properties)
+            )
 
     async def _park(self, key: str, body: bytes, properties: Properties, delay_ms: int) -> None:
         """Put a message in the delay queue for `delay_ms` (its `rw-delay-ms` header

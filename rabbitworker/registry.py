@@ -8,12 +8,15 @@ import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ConfigurationError
 from .message import TaskMessage
 from .policy import DEFAULT_RETRY, RetryPolicy
 from .topology import QueueType, Topology, build_topology, topic_matches
+
+if TYPE_CHECKING:
+    from .pacing import RateLimit
 
 __all__ = ["Registry", "Task"]
 
@@ -33,6 +36,8 @@ class Task:
     retry: RetryPolicy
     timeout: float | None
     results_ttl: float | None = None  # track status and result this long (seconds)
+    rate_limit: RateLimit | None = None  # paced handler starts (rabbitworker.pacing)
+    concurrency: int | None = None  # at most this many handlers at once per process
 
 
 class Registry:
@@ -68,8 +73,12 @@ class Registry:
         bind: Iterable[str],
         results_ttl: float | None = None,
         localns: Mapping[str, Any] | None = None,
+        rate_limit: RateLimit | None = None,
+        concurrency: int | None = None,
     ) -> Task:
         """Register `fn` for the message type of its first parameter on `queue`."""
+        if concurrency is not None and concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
         message_type, takes_context = inspect_handler(fn, localns)
         self.register(message_type)
         on_queue = self.tasks.setdefault(queue, {})
@@ -88,6 +97,8 @@ class Registry:
             retry=retry or self.default_retry,
             timeout=timeout,
             results_ttl=results_ttl,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
         )
         self.patterns.setdefault(queue, set()).update(bind)
         return task

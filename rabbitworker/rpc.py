@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from typing import Any, Generic
 
@@ -191,6 +192,16 @@ class RPCClient:
 
     async def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
         """Publish a request and wait for its reply; `timeout` bounds every step."""
+        started = time.perf_counter()
+        try:
+            value = await self._call(msg, timeout=timeout, retry=retry)
+        except Exception as exc:
+            self.producer.hooks.called(type(msg).routing_key, time.perf_counter() - started, exc)
+            raise
+        self.producer.hooks.called(type(msg).routing_key, time.perf_counter() - started, None)
+        return value
+
+    async def _call(self, msg: TaskMessage[R], *, timeout: float, retry: bool) -> R:
         correlation_id, future = self._expect()
         confirmed = False
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .middleware.base import PublishHooks
 from .producer import Producer
 from .results.tracking import Tracker
 from .rpc import RPCClient
@@ -35,6 +36,7 @@ class Session:
             max_message_size=s.max_message_size,
             is_bound=app.registry.is_bound,
             tracker=tracker,
+            hooks=PublishHooks(app.middleware),
         )
         self.rpc = RPCClient(transport, self.producer, timeout=s.publish_timeout)
 

@@ -38,3 +38,7 @@ class Settings(BaseSettings):
     results_ttl: float = Field(24 * 3600.0, gt=0)
     max_result_size: int = Field(1024 * 1024, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    log_bodies: bool = False
+    metrics_port: int | None = Field(None, ge=0, le=65535)  # `run` serves /metrics
+    health_port: int | None = Field(None, ge=0, le=65535)  # `run` serves /healthz, /readyz

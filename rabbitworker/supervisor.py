@@ -22,6 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .ops.supervised import SupervisorOps
 
 __all__ = [
     "PROCESS_ENV",
@@ -44,18 +48,24 @@ MAX_BACKOFF_S = 30.0
 CLOSE_MARGIN_S = 15.0
 
 
+# Options of the supervisor alone: a child runs with `--processes 1` and serves no
+# endpoint (the supervisor serves them for all).
+_OWN_OPTIONS = ("--processes", "--metrics-port", "--health-port")
+
+
 def child_args(argv: list[str]) -> list[str]:
-    """The `run` arguments for one child: the same, with `--processes 1`."""
+    """The `run` arguments for one child: the same, with `--processes 1` and
+    without the ports."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg == "--processes":
+        if arg in _OWN_OPTIONS:
             skip = True
             continue
-        if arg.startswith("--processes="):
+        if arg.startswith(tuple(f"{o}=" for o in _OWN_OPTIONS)):
             continue
         out.append(arg)
     return [*out, "--processes", "1"]
@@ -112,8 +122,16 @@ class _Child:
 class Supervisor:
     """Keeps `processes` worker processes running until SIGTERM/SIGINT."""
 
-    def __init__(self, processes: int, *, child_argv: list[str], grace: float) -> None:
+    def __init__(
+        self,
+        processes: int,
+        *,
+        child_argv: list[str],
+        grace: float,
+        ops: SupervisorOps | None = None,
+    ) -> None:
         self.processes = processes
+        self.ops = ops
         self.argv = [sys.executable, "-m", "rabbitworker", *child_args(child_argv)]
         self.grace = grace
         self.children: dict[int, _Child] = {}
@@ -134,6 +152,7 @@ class Supervisor:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        self._start_ops()
         try:
             for slot in range(self.processes):
                 if not self.stopping:
@@ -151,13 +170,31 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            for child in self.children.values():
-                child.close_pipe()
+            self._close()
+
+    def _close(self) -> None:
+        for child in self.children.values():
+            child.close_pipe()
+        if self.ops is not None:
+            self.ops.close()
+
+    def _start_ops(self) -> None:
+        if self.ops is not None:
+            self.ops.start(self._children_state, lambda: self.stopping)
+
+    def _children_state(self) -> list[tuple[int, int, bool]]:
+        """(slot, pid, alive and started) of each worker, for the readiness probe."""
+        return [
+            (slot, c.proc.pid, c.ready and c.proc.poll() is None)
+            for slot, c in sorted(self.children.items())
+        ]
 
     def _spawn(self, slot: int) -> None:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
         env = {**os.environ, READY_FD_ENV: str(write_fd), PROCESS_ENV: str(slot)}
+        if self.ops is not None:
+            env.update(self.ops.env())
         try:
             proc = subprocess.Popen(
                 self.argv, env=env, pass_fds=(write_fd,), preexec_fn=_die_with_parent
@@ -175,6 +212,7 @@ class Supervisor:
                 continue
             ready = child.check_ready()
             child.close_pipe()
+            self._exited(child)
             if self.stopping:
                 continue
             if code == 2 and not ready:
@@ -203,6 +241,10 @@ class Supervisor:
                 pause,
             )
             self.restart_at[slot] = time.monotonic() + pause
+
+    def _exited(self, child: _Child) -> None:
+        if self.ops is not None:
+            self.ops.child_exited(child.proc.pid)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         sig = signal.Signals(signum)

@@ -16,6 +16,8 @@ __all__ = [
     "QueueSpec",
     "QueueType",
     "Topology",
+    "beat_leader_queue_name",
+    "beat_state_queue_spec",
     "build_topology",
     "dead_letter_exchange_name",
     "dead_letter_queue_name",
@@ -62,6 +64,21 @@ def dead_letter_queue_name(queue: str) -> str:
 def suspect_queue_name(queue: str) -> str:
     """Where the messages a dead worker process held wait to run one at a time."""
     return f"{queue}.suspect"
+
+
+def beat_leader_queue_name(exchange: str) -> str:
+    """The exclusive queue whose holder is the beat leader of the apps on `exchange`."""
+    return f"{exchange}.beat.leader"
+
+
+def beat_state_queue_spec(exchange: str, schedule: str) -> QueueSpec:
+    """Where the beat leader keeps a schedule's last tick: one message at most (the
+    newest; the broker drops the older), read by the next leader."""
+    return QueueSpec(
+        name=f"{exchange}.beat.{schedule}",
+        arguments={**queue_arguments("classic"), "x-max-length": 1},
+        role="beat state",
+    )
 
 
 def delay_queue_name(exchange: str, delay_ms: int) -> str:

@@ -26,6 +26,9 @@ __all__ = [
     "ERROR_MESSAGE",
     "ERROR_TYPE",
     "FAILED_AT",
+    "FIRST_DEATH_EXCHANGE",
+    "FIRST_DEATH_QUEUE",
+    "FIRST_DEATH_REASON",
     "JSON",
     "MAX_ERROR_MESSAGE",
     "ORIGINAL_QUEUE",
@@ -35,6 +38,8 @@ __all__ = [
     "RESULTS_TTL",
     "RPC_RETRY",
     "RPC_STATUS",
+    "TRACEPARENT",
+    "TRACESTATE",
     "Properties",
     "attempt_of",
     "check_size",
@@ -48,6 +53,7 @@ __all__ = [
     "replays_of",
     "reply_properties",
     "results_ttl_of",
+    "routing_label",
     "rpc_retry_requested",
     "text_of",
 ]
@@ -69,12 +75,19 @@ ERROR_MESSAGE = "x-error-message"
 FAILED_AT = "x-failed-at"
 ORIGINAL_QUEUE = "x-original-queue"
 ORIGINAL_ROUTING_KEY = "x-original-routing-key"
+# W3C trace context (OpenTelemetry, rabbitworker.ops.tracing): copied with the
+# message into its retries and dead letter.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 ERROR_HEADERS = (ERROR_TYPE, ERROR_MESSAGE, FAILED_AT, ORIGINAL_QUEUE)
 
 # Headers the broker writes for its own bookkeeping: dead-lettering history and the
 # quorum queue's delivery count. A copy we publish starts without them.
 DEATH = "x-death"
 DELIVERY_COUNT = "x-delivery-count"
+FIRST_DEATH_EXCHANGE = "x-first-death-exchange"
+FIRST_DEATH_QUEUE = "x-first-death-queue"
+FIRST_DEATH_REASON = "x-first-death-reason"
 _BROKER_PREFIXES = (DEATH, "x-first-death-", "x-last-death-")
 
 MAX_ERROR_MESSAGE = 2000
@@ -262,3 +275,9 @@ def text_of(value: Any) -> str:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode(errors="replace")
     return str(value)
+
+
+def routing_label(routing_key: str) -> str:
+    """The routing key to name a publish by in metrics and spans: each RPC reply goes
+    to a reply-to name of its own, so all of them are named `(reply)`."""
+    return "(reply)" if routing_key.startswith(DIRECT_REPLY_TO) else routing_key

@@ -184,6 +184,7 @@ CLI: dict[str, tuple[list[str], str]] = {  # arguments ({q}: the app's queue), m
     "dlq list": (["dlq", "list", "--queue", "{q}"], "Basic.Get"),
     "dlq replay": (["dlq", "replay", "--queue", "{q}", "--all"], "Basic.Get"),
     "dlq purge": (["dlq", "purge", "--queue", "{q}", "--yes"], "Queue.Purge"),
+    "status": (["status"], "Queue.Declare"),
 }
 
 

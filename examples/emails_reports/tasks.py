@@ -10,6 +10,16 @@ log = logging.getLogger("tasks")
 app = App("shop")  # broker URL from RABBITWORKER_URL, or App("shop", url=...)
 
 
+class Mailer:
+    """Stands for an email provider's client (test_tasks.py makes it fail)."""
+
+    def send(self, user_id: int, template: str) -> None:
+        pass
+
+
+mailer = Mailer()
+
+
 class SendWelcomeEmail(TaskMessage, routing_key="emails.welcome"):
     user_id: int  # pass ids, never ORM objects
 
@@ -24,6 +34,7 @@ class RenderReport(TaskMessage[ReportReady], routing_key="reports.render"):
 
 @app.task(queue="emails", retry=RetryPolicy(max_attempts=5, backoff=[1, 10, 60]))
 async def send_welcome_email(msg: SendWelcomeEmail, ctx: Context) -> None:
+    mailer.send(msg.user_id, "welcome")
     ctx.logger.info("welcome email sent to user %d (message %s)", msg.user_id, ctx.message_id)
 
 

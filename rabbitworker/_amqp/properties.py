@@ -3,12 +3,14 @@ way, so the rest of the package never sees the client library's types."""
 
 from __future__ import annotations
 
+from pamqp import frame
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from ..wire import Properties
 from .headers import WireProperties
 
-__all__ = ["from_amqp", "to_amqp"]
+__all__ = ["from_amqp", "through_the_wire", "to_amqp"]
 
 
 def to_amqp(p: Properties) -> Basic.Properties:
@@ -48,3 +50,15 @@ def from_amqp(p: Basic.Properties) -> Properties:
         user_id=p.user_id,
         app_id=p.app_id,
     )
+
+
+def through_the_wire(p: Properties) -> Properties:
+    """What a consumer receives for properties published as `p`: encoded into a
+    content header frame and decoded again, as the broker passes them on (header
+    values keep their AMQP types, the timestamp its whole seconds). Raises
+    `HeaderError` for a header AMQP cannot carry. The in-memory broker's fidelity
+    rests on it."""
+    raw = frame.marshal(ContentHeader(0, 0, to_amqp(p)), 1)
+    _, _, header = frame.unmarshal(raw)
+    assert isinstance(header, ContentHeader)
+    return from_amqp(header.properties)

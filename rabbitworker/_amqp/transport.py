@@ -24,6 +24,7 @@ from .consume import AmqpConsumer, to_delivery
 from .declare import declare
 from .errors import Op, broker_text, reraise, translate
 from .failover import FailoverConnection
+from .leader import BrokerLock, try_lock
 from .publish import ConfirmedChannel
 
 __all__ = ["AmqpTransport"]
@@ -270,6 +271,12 @@ class AmqpTransport:
         if underlay is None:  # lost again meanwhile
             raise ConnectionFailed(f"{what}: the connection to the broker was lost")
         return await _answer(what, underlay.connection.channel(), timeout=timeout)
+
+    async def take_lock(self, name: str) -> BrokerLock | None:
+        """Hold the exclusive queue `name` on this connection, or None when another
+        connection holds it (see `rabbitworker._amqp.leader`)."""
+        channel = await self._raw_channel(f"take the lock {name}")
+        return await try_lock(channel, name, self.publish_timeout)
 
     async def purge(self, queue: str) -> int:
         async with self.browse(queue) as browser:

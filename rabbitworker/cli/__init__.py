@@ -9,10 +9,13 @@ from typing import Annotated
 import typer
 
 from ..__about__ import __version__
+from .beat import beat, schedules
+from .dashboard import dashboard
 from .dlq import dlq_cli
 from .produce import call_cmd, publish_cmd, topology
 from .result import result
 from .run import run
+from .status import status
 
 __all__ = ["cli", "main"]
 
@@ -29,6 +32,10 @@ cli.command()(topology)
 cli.command("publish")(publish_cmd)
 cli.command("call")(call_cmd)
 cli.command()(result)
+cli.command()(beat)
+cli.command()(schedules)
+cli.command()(status)
+cli.command()(dashboard)
 cli.add_typer(dlq_cli, name="dlq")
 
 

@@ -39,16 +39,23 @@ AppOpt = Annotated[
     str | None,
     typer.Option(
         "--app",
+        metavar="MODULE:APP",
         help="module:attribute of the App [env: RABBITWORKER_APP]",
         show_default=False,
     ),
 ]
 UrlOpt = Annotated[
     str | None,
-    typer.Option("--url", help="broker URL [env: RABBITWORKER_URL]", show_default=False),
+    typer.Option(
+        "--url",
+        metavar="URL",
+        help="broker URL [env: RABBITWORKER_URL]",
+        show_default=False,
+    ),
 ]
 QueueOpt = Annotated[
-    str, typer.Option("--queue", "-q", help="the work queue whose dead letters to use")
+    str,
+    typer.Option("--queue", "-q", metavar="QUEUE", help="the work queue whose dead letters to use"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 

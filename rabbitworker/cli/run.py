@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
+from ..app import App
 from ..logs import setup_logging
+from ..ops.runtime import OpsOptions, add_middleware, run_worker
 from ..worker import Worker
 from .common import AppOpt, UrlOpt, _env_setting, fail, friendly, get_app
 
@@ -75,6 +77,38 @@ LogLevelOpt = Annotated[
     ),
 ]
 
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        metavar="PORT",
+        min=0,
+        max=65535,
+        help="serve Prometheus /metrics on this port (needs rabbitworker[metrics])",
+        show_default=False,
+    ),
+]
+HealthPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        metavar="PORT",
+        min=0,
+        max=65535,
+        help="serve /healthz and /readyz on this port (may be the metrics port)",
+        show_default=False,
+    ),
+]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="FORMAT",
+        help="text, or json: one JSON object per line  [default: text]",
+        show_default=False,
+    ),
+]
+LogBodiesOpt = Annotated[
+    bool, typer.Option("--log-bodies", help="put message bodies in the per-message log lines")
+]
+
 
 @friendly
 def run(
@@ -87,11 +121,20 @@ def run(
     grace: GraceOpt = None,
     connect_timeout: ConnectTimeoutOpt = None,
     log_level: LogLevelOpt = None,
+    beat: Annotated[
+        bool, typer.Option("--beat", help="also publish the app's schedules (one leader)")
+    ] = False,
+    metrics_port: MetricsPortOpt = None,
+    health_port: HealthPortOpt = None,
+    log_format: LogFormatOpt = None,
+    log_bodies: LogBodiesOpt = False,
 ) -> None:
     """Run a worker on the app's queues."""
     level = (log_level or _env_setting("log_level")).upper()
     if level not in LEVELS:
         fail(f"unknown --log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+    if log_format not in (None, "text", "json"):
+        fail(f"unknown --log-format {log_format!r}: use text or json")
     app = get_app(
         app_path,
         url,
@@ -100,23 +143,51 @@ def run(
         concurrency=concurrency,
         prefetch=prefetch,
         log_level=level,
+        metrics_port=metrics_port,
+        health_port=health_port,
+        log_format=log_format,
+        log_bodies=log_bodies or None,
     )
-    setup_logging(level, app.settings.url)
+    _start(app, level, queues, processes=processes, beat=beat)
+
+
+def _start(app: App, level: str, queues: str | None, *, processes: int, beat: bool) -> None:
+    s = app.settings
+    ops = OpsOptions(s.metrics_port, s.health_port, s.log_format, s.log_bodies)
+    if ops.metrics_port is not None:
+        from ..ops.metrics import require
+
+        require()  # before any process starts
+    setup_logging(level, s.url, fmt=s.log_format)
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    if beat:
+        from ..schedules.beat import BeatInWorker
+
+        app.middleware.append(BeatInWorker(app))
     # Built before any process starts: a bad queue name or setting is one line, once.
     worker = Worker(app, queues=names)
     if processes > 1:
-        from ..supervisor import Supervisor
-
-        code = Supervisor(processes, child_argv=sys.argv[1:], grace=app.settings.grace).run()
-        raise typer.Exit(code)
-    _run_worker(worker)
+        _supervise(processes, app.settings.grace, ops)
+    add_middleware(app, ops)
+    _run_worker(worker, ops)
 
 
-def _run_worker(worker: Worker) -> None:
+def _supervise(processes: int, grace: float, ops: OpsOptions) -> None:
+    from ..supervisor import Supervisor
+
+    supervisor_ops = None
+    if ops.serves:
+        from ..ops.supervised import SupervisorOps
+
+        supervisor_ops = SupervisorOps(ops)
+    supervisor = Supervisor(processes, child_argv=sys.argv[1:], grace=grace, ops=supervisor_ops)
+    raise typer.Exit(supervisor.run())
+
+
+def _run_worker(worker: Worker, ops: OpsOptions) -> None:
     from ..supervisor import ready_notifier
 
-    asyncio.run(worker.run(on_ready=ready_notifier()))
+    asyncio.run(run_worker(worker, ops, ready_notifier()))
     # 130 after a forced stop (a second SIGINT), 3 when stuck threads stopped it.
     code = 130 if worker.forced else 3 if worker.exhausted else 0
     if worker.abandoned_threads or worker.forced:

@@ -1,7 +1,7 @@
 """Middleware: the hooks cross-cutting behaviour plugs into, and the middleware
 rabbitworker ships (retries, de-duplication)."""
 
-from .base import Middleware, Outcome, Settled
+from .base import Middleware, Outcome, PublishHooks, Settled
 from .dedup import Deduplicate, DedupStore, MemoryDedupStore
 from .retries import Retries
 
@@ -11,6 +11,7 @@ __all__ = [
     "MemoryDedupStore",
     "Middleware",
     "Outcome",
+    "PublishHooks",
     "Retries",
     "Settled",
 ]

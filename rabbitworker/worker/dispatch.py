@@ -1,7 +1,7 @@
-"""Each delivery's way through a worker: a concurrency slot and the gate, then
-processing and settlement (alone, for a crash suspect), or straight back to the
-broker when the worker is stopping, or to the suspect queue when a redelivery cannot
-be accounted for."""
+"""Each delivery's way through a worker: its task's pacing, a concurrency slot and
+the gate, then processing and settlement (alone, for a crash suspect), or straight
+back to the broker when the worker is stopping, or to the suspect queue when a
+redelivery cannot be accounted for."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..pacing import Pacing, TaskPacer
 from ..transport import Delivery, Transport
 from ..wire import copy_properties
 from .processing import Processor
@@ -45,12 +46,14 @@ class Dispatcher:
         *,
         concurrency: int,
         prefetch: int,
+        pacing: Pacing | None = None,
     ) -> None:
         self.transport = transport
         self.processor = processor
         self.settlement = settlement
         self.suspects = suspects
         self.gate = Gate()
+        self.pacing = pacing
         self._limit = asyncio.Semaphore(concurrency)
         self.held: dict[asyncio.Task[Any], Held] = {}
         self.stopping = asyncio.Event()
@@ -74,6 +77,14 @@ class Dispatcher:
     def running(self) -> dict[asyncio.Task[Any], Held]:
         return {t: h for t, h in self.held.items() if h.started}
 
+    def load(self) -> dict[str, tuple[int, int]]:
+        """For each queue with deliveries held: handlers running, deliveries waiting."""
+        counts: dict[str, tuple[int, int]] = {}
+        for held in list(self.held.values()):
+            running, waiting = counts.get(held.queue, (0, 0))
+            counts[held.queue] = (running + held.started, waiting + (not held.started))
+        return counts
+
     async def on_work(self, queue: str, delivery: Delivery) -> None:
         """A delivery from a work queue."""
         if self.stopping.is_set():
@@ -95,18 +106,8 @@ class Dispatcher:
 
     async def _run_shared(self, held: Held) -> None:
         delivery, queue = held.delivery, held.queue
-        limit, gate = self._limit, self.gate
-        try:
-            await limit.acquire()
-            try:
-                await gate.enter_shared()
-            except BaseException:
-                limit.release()
-                raise
-        except asyncio.CancelledError:
-            if not self.stopping.is_set():
-                raise
-            _uncancel()
+        pacer = self.pacing.pacer(queue, delivery.type) if self.pacing is not None else None
+        if not await self._enter(pacer):
             await self.hand_back(delivery, queue)  # cancelled by the drain
             return
         try:
@@ -117,8 +118,36 @@ class Dispatcher:
                 await self._handle_or_hand_back(held)
                 self._remember_settled(delivery, queue)
         finally:
-            gate.leave_shared()
-            limit.release()
+            self.gate.leave_shared()
+            self._limit.release()
+            if pacer is not None:
+                pacer.release()
+
+    async def _enter(self, pacer: TaskPacer | None) -> bool:
+        """Wait for the task's pacing, a shared slot and the gate; False when the
+        drain cancelled the wait. The pacing comes first: a paced task waiting for its
+        turn holds none of the slots the other tasks share."""
+        limit, gate = self._limit, self.gate
+        try:
+            if pacer is not None:
+                await pacer.admit()
+            try:
+                await limit.acquire()
+                try:
+                    await gate.enter_shared()
+                except BaseException:
+                    limit.release()
+                    raise
+            except BaseException:
+                if pacer is not None:
+                    pacer.release()
+                raise
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+            _uncancel()
+            return False
+        return True
 
     def _remember_settled(self, delivery: Delivery, queue: str) -> None:
         if _channel_closed(delivery):
@@ -202,6 +231,7 @@ class Dispatcher:
         that its redelivery is not taken for a crash; a plain requeue if that fails."""
         self.handed_back += 1
         log.debug("message %s on %s handed back", delivery.message_id, queue)
+        await self.settlement.announce_hand_back(delivery, queue)
         # Requeued before our consumer is gone, it could come straight back to us.
         await self.consumers_cancelled.wait()
         try:

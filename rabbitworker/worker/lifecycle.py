@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware import Middleware
+from ..pacing import Pacing
 from ..registry import Task
 from ..results.middleware import ResultTracking
 from ..transport import Consumer
@@ -44,12 +45,10 @@ FORCED_CLOSE_TIMEOUT_S = 2.0
 
 
 class Worker:
-    """Consumes the given queues of an app and runs their handlers.
-
-    `concurrency` bounds the handlers running at once across all queues; `prefetch`
-    bounds the unacknowledged deliveries per queue. Options left as None come from
-    the app's settings. Raises `ConfigurationError` for a queue the app does not have.
-    """
+    """Consumes the given queues of an app and runs their handlers: `concurrency`
+    bounds the handlers running at once across all queues, `prefetch` the unacknowledged
+    deliveries per queue; options left as None come from the app's settings. Raises
+    `ConfigurationError` for a queue the app does not have."""
 
     def __init__(
         self,
@@ -111,7 +110,7 @@ class Worker:
                 max_abandoned=s.max_abandoned_threads,
                 on_exhausted=self._on_threads_exhausted,
             )
-        self.middleware = self._middleware()
+        self.middleware = self._middleware(tasks)
         settlement = Settlement(
             session.transport,
             app.exchange,
@@ -136,6 +135,7 @@ class Worker:
             suspects,
             concurrency=self.concurrency,
             prefetch=self.prefetch,
+            pacing=next((m for m in self.middleware if isinstance(m, Pacing)), None),
         )
 
     def _watch_the_loop(self, tasks: list[Task]) -> None:
@@ -149,12 +149,16 @@ class Worker:
             )
             self._watchdog.start()
 
-    def _middleware(self) -> list[Middleware]:
+    def _middleware(self, tasks: list[Task]) -> list[Middleware]:
         """The app's middleware, then what this worker adds for the app's features
-        (results tracking when it has a results store)."""
+        (results tracking when it has a results store, pacing for paced tasks)."""
         tracker = self.app.session.tracker
         extra: list[Middleware] = [ResultTracking(tracker)] if tracker is not None else []
-        return [*self.app.middleware, *extra]
+        s = self.app.settings
+        pacing = Pacing.for_tasks(
+            tasks, namespace=self.app.exchange, results_url=s.results, prefetch=self.prefetch
+        )
+        return [*self.app.middleware, *extra, *([pacing] if pacing else [])]
 
     async def _consume(self, queue: str) -> None:
         dispatch = self._dispatch
@@ -209,11 +213,8 @@ class Worker:
     async def run(
         self, *, handle_signals: bool = True, on_ready: Callable[[], None] | None = None
     ) -> None:
-        """Run until `stop()` or SIGTERM/SIGINT, then drain and close.
-
-        `on_ready` is called once every consumer is running (the supervisor uses it
-        to tell a child that started from one that failed to).
-        """
+        """Run until `stop()` or SIGTERM/SIGINT, then drain and close; `on_ready` is
+        called once every consumer is running (the supervisor's sign of a good start)."""
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -283,9 +284,24 @@ class Worker:
         return self._dispatch.handled if self._dispatch else 0
 
     @property
+    def blocked_loop_warnings(self) -> int:
+        """Warnings of the event loop blocked past `blocked_loop_warning` seconds."""
+        return self._watchdog.warnings if self._watchdog is not None else 0
+
+    def load(self) -> dict[str, tuple[int, int]]:
+        """For each queue: handlers running, and deliveries waiting for a slot."""
+        held = self._dispatch.load() if self._dispatch is not None else {}
+        return {q: held.get(q, (0, 0)) for q in self.queues}
+
+    @property
     def suspects_moved(self) -> int:
         """Redeliveries this worker could not account for and moved to a suspect queue."""
         return self._dispatch.suspects.moved if self._dispatch else 0
+
+    @property
+    def draining(self) -> bool:
+        """Asked to stop (SIGTERM, `stop()`): not ready for more work."""
+        return self._stopping.is_set()
 
     @property
     def consuming(self) -> bool:

@@ -23,7 +23,7 @@ from ..errors import (
     UnroutableError,
 )
 from ..message import encode_reply
-from ..middleware.base import Middleware, Outcome, Settled, overrides
+from ..middleware.base import Middleware, Outcome, PublishHooks, Settled, overrides
 from ..rpc import error_reply_body
 from ..topology import (
     QueueType,
@@ -115,6 +115,7 @@ class Settlement:
         self.returned = returned  # told before a delivery is handed back
         # Hooks left as the base class's no-ops are not called at all.
         self._on_settle = [m for m in middleware if overrides(m, "on_settle")]
+        self._publish_hooks = PublishHooks(middleware)
         self.exchange = exchange
         self.queue_type = queue_type
         self.max_message_size = max_message_size
@@ -179,6 +180,10 @@ class Settlement:
                     "middleware %s failed on message %s", type(m).__name__, delivery.message_id
                 )
 
+    async def announce_hand_back(self, delivery: Delivery, queue: str) -> None:
+        """Tell the `on_settle` hooks of a delivery the drain returns to its queue."""
+        await self._announce(Processed(Outcome.ack()), delivery, queue, None)
+
     async def _hand_back(
         self, delivery: Delivery, queue: str, error: BaseException, processed: Processed
     ) -> str:
@@ -217,7 +222,11 @@ class Settlement:
         assert reply_to is not None
         properties = reply_properties(delivery.properties.correlation_id, status)
         # The caller may have gone away; an undeliverable reply is not an error.
-        await self.transport.send("", reply_to, body, properties, mandatory=False)
+        await self._publish_hooks.send(
+            reply_to,
+            properties,
+            lambda: self.transport.send("", reply_to, body, properties, mandatory=False),
+        )
 
     async def retry(self, delivery: Delivery, queue: str, outcome: Outcome) -> None:
         """Publish the next attempt: straight back to the queue, or through its retry queue."""
