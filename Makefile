@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak install clean
+.PHONY: demo test lint bench soak install clean cluster-test failover-soak
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 	$(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage report
 
+# The tests on 3-node RabbitMQ clusters of their own (about a minute; also in `make test`).
+cluster-test: $(STAMP)
+	$(BIN)/pytest -q -m cluster
+
 lint: $(STAMP)
 	$(BIN)/ruff check rabbitworker tests examples benchmarks scripts
 	$(BIN)/ruff format --check rabbitworker tests examples benchmarks scripts
@@ -31,6 +35,9 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py $(ARGS)
+
+failover-soak: $(STAMP)
+	$(BIN)/python benchmarks/failover_soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

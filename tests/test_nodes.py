@@ -75,6 +75,7 @@ async def test_settings_given_to_the_node_fixture_apply_so_a_memory_alarm_can_be
     assert "memory" in alarms
 
 
+@pytest.mark.cluster
 async def test_a_quorum_queue_outlives_the_kill_of_its_leader_which_then_rejoins(
     rabbit_cluster: RabbitCluster, prefix: str
 ) -> None:
@@ -122,6 +123,7 @@ async def test_a_quorum_queue_outlives_the_kill_of_its_leader_which_then_rejoins
         await channel.queue_delete(queue)
 
 
+@pytest.mark.cluster
 def test_heal_brings_back_a_member_stopped_with_its_data_removed(
     rabbit_cluster: RabbitCluster,
 ) -> None:

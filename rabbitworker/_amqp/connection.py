@@ -1,4 +1,5 @@
-"""Connecting: a robust aio-pika connection, tried for up to the connect timeout
+"""Connecting: a robust aio-pika connection over the URL's hosts (tried in a shuffled
+order, and on to the next host at each reconnect), tried for up to the connect timeout
 unless the broker's answer cannot change (wrong password, unknown vhost), and an
 outage reported once, in rabbitworker's words, however long it lasts."""
 
@@ -11,13 +12,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.connection import make_url
 
 from ..errors import ConnectionFailed, RabbitWorkerError
 from ..urls import BrokerURL
 from .errors import Op, broker_text, translate
+from .failover import FailoverConnection, host_label, host_order, quiet_attempt_noise
 
 __all__ = [
     "BLOCKED",
@@ -70,15 +71,21 @@ async def connect(
     deadline = time.monotonic() + timeout
     pause = _RETRY_PAUSE
     where = f"cannot connect to {url.masked}"
+    order = host_order(url)
     attempt = 0
     reason = ""
     while True:
-        target = url.url_for(attempt % len(url.hosts))
+        # Each attempt on the next host; the connection goes on from there when it drops.
+        first = attempt % len(order)
         attempt += 1
         remaining = deadline - time.monotonic()
         try:
             connection = await _attempt(
-                target, min(remaining, _ATTEMPT_TIMEOUT), heartbeat, name, url
+                order[first:] + order[:first],
+                min(remaining, _ATTEMPT_TIMEOUT),
+                heartbeat,
+                name,
+                url,
             )
             return connection
         except Exception as exc:  # the library raises many kinds; all mean "not connected"
@@ -100,15 +107,15 @@ async def connect(
 
 
 async def _attempt(
-    target: str, timeout: float, heartbeat: int, name: str, url: BrokerURL
-) -> AbstractRobustConnection:
-    """One connection attempt, as `aio_pika.connect_robust` makes it, but closed when it
-    fails or is cancelled: aio-pika would go on reconnecting in the background, or
-    close it when garbage-collected, on whatever event loop runs then."""
+    hosts: list[int], timeout: float, heartbeat: int, name: str, url: BrokerURL
+) -> FailoverConnection:
+    """One connection attempt on `url.hosts[hosts[0]]`, as `aio_pika.connect_robust`
+    makes it (reconnecting to `hosts` in turn later), but closed when it fails or is
+    cancelled: aio-pika would go on reconnecting in the background, or close it when
+    garbage-collected, on whatever event loop runs then."""
     options: dict[str, Any] = {"heartbeat": heartbeat, **_reconnect_options(url)}
-    connection = aio_pika.RobustConnection(
-        make_url(target, **options), client_properties={"connection_name": name}, **options
-    )
+    targets = [(make_url(url.url_for(i), **options), host_label(url, i)) for i in hosts]
+    connection = FailoverConnection(targets, client_properties={"connection_name": name}, **options)
     try:
         # Bounded here too: the deadline holds whichever step of the handshake the
         # broker stops answering in.
@@ -126,14 +133,17 @@ def _reconnect_options(url: BrokerURL) -> dict[str, Any]:
 
 
 class OutageReport:
-    """Logs a connection loss once and its end once, with how long it lasted.
+    """Logs a connection loss once and its end once: which host was lost, which host
+    the connection is back on, and how long it lasted.
 
     aio-pika retries every `reconnect_interval` and would report each attempt;
     an operator needs two lines per outage, not one a second.
     """
 
-    def __init__(self, connection: AbstractRobustConnection, where: str) -> None:
+    def __init__(self, connection: AbstractRobustConnection, where: str, *, hosts: int = 1) -> None:
+        self.connection = connection
         self.where = where
+        self.hosts = hosts
         self.lost_at: float | None = None
         self.outages = 0
         self.listeners: list[Callable[[bool], None]] = []
@@ -151,14 +161,25 @@ class OutageReport:
         self.lost_at = time.monotonic()
         self.outages += 1
         reason = broker_text(exc) if exc is not None else "closed"
-        log.warning("connection to %s lost (%s); reconnecting", self.where, reason)
+        log.warning(
+            "connection to %s lost (%s); reconnecting%s",
+            self._host(),
+            reason,
+            f" (hosts: {self.where})" if self.hosts > 1 else "",
+        )
         self._tell(False)
 
     def _on_reconnect(self, *_: Any) -> None:
         lost_at, self.lost_at = self.lost_at, None
         took = f" after {time.monotonic() - lost_at:.1f} s" if lost_at is not None else ""
-        log.warning("reconnected to %s%s; consumers restored", self.where, took)
+        log.warning("reconnected to %s%s; consumers restored", self._host(), took)
         self._tell(True)
+
+    def _host(self) -> str:
+        # One host: the whole masked URL, as before; several: the one in question.
+        if self.hosts > 1 and isinstance(self.connection, FailoverConnection):
+            return self.connection.host
+        return self.where
 
     def _tell(self, connected: bool) -> None:
         for listener in self.listeners:
@@ -238,7 +259,8 @@ class _QuietReconnects(logging.Filter):
 
 
 def quiet_reconnect_noise() -> None:
-    """Install the filter on aio-pika's callback logger (idempotent)."""
+    """Install the filters on aio-pika's callback and reconnect loggers (idempotent)."""
+    quiet_attempt_noise()
     logger = logging.getLogger("aio_pika.tools")
     if not any(isinstance(f, _QuietReconnects) for f in logger.filters):
         logger.addFilter(_QuietReconnects())

@@ -1,6 +1,12 @@
 """Confirmed publishing on one robust channel: mandatory publishes with publisher
 confirms, sent again after a reconnect within the publish timeout (never reported
-as published unconfirmed), and expiring queues declared on demand."""
+as published unconfirmed), and expiring queues declared on demand.
+
+A nack is taken for a broker that cannot take the message yet (a quorum queue between
+two leaders, after a cluster node died) rather than a refusal: the message is sent
+again, on a fresh channel, until the publish timeout. RabbitMQ 3.10 goes on nacking,
+on a channel whose first publish to a quorum queue came while the queue's leader was
+dead, every later publish to that queue until the channel is closed."""
 
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ __all__ = ["ConfirmedChannel"]
 log = logging.getLogger("rabbitworker.publisher")
 
 _RESEND_PAUSE = 0.05
+_NACK_PAUSE = 0.2  # a new quorum queue leader is elected in about 0.4 s
+_RECYCLE_EVERY = 0.5  # at most one fresh channel per this many seconds
 
 
 def _where(exchange: str, routing_key: str) -> str:
@@ -47,6 +55,26 @@ class ConfirmedChannel:
         self._declared: dict[str, float] = {}
         self._declare_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        self._recycled_at = 0.0
+
+    @staticmethod
+    def _settling(exc: BaseException) -> bool:
+        """Whether `exc` is a nack: the cluster is settling (see the module doc)."""
+        return isinstance(exc, aiormq.exceptions.DeliveryError) and isinstance(
+            exc.frame, aiormq.spec.Basic.Nack
+        )
+
+    async def _recycle(self) -> None:
+        """Close the channel under the robust one, which opens a fresh one."""
+        if time.monotonic() - self._recycled_at < _RECYCLE_EVERY:
+            return
+        self._recycled_at = time.monotonic()
+        log.debug("a nack: publishing on a fresh channel")
+        try:
+            underlay = await self.channel.get_underlay_channel()
+            await underlay.close()
+        except Exception as exc:  # closed meanwhile: the robust channel reopens anyway
+            log.debug("closing the publishing channel: %s", exc)
 
     def close(self) -> None:
         """Mark closed: a publish waiting for a reconnect gives up."""
@@ -97,17 +125,24 @@ class ConfirmedChannel:
             )
             return
         except BaseException as exc:
-            where = _where(exchange, routing_key)
-            error = self._error(exc, where)
+            error = self._error(exc, _where(exchange, routing_key))
             if error is None:
                 raise
-            lost = isinstance(error, ConnectionFailed) and not error.permanent
-            if rpc or not resend or not lost or self._closed.is_set():
+            again = resend and not rpc and not self._closed.is_set()
+            if not await self._worth_resending(exc, error) or not again:
                 raise error from exc
             first = error
         await self._resend(
             exchange, routing_key, body, amqp_properties, mandatory, started + self.timeout, first
         )
+
+    async def _worth_resending(self, exc: BaseException, error: RabbitWorkerError) -> bool:
+        """Whether `exc` (mapped to `error`) is a lost connection or a nack, after which
+        the message is sent again; on a nack, on a fresh channel (see the module doc)."""
+        if self._settling(exc):
+            await self._recycle()
+            return True
+        return isinstance(error, ConnectionFailed) and not error.permanent
 
     async def _wait_ready(self, deadline: float) -> None:
         """Wait for the robust channel to be back, unless closed meanwhile."""
@@ -147,6 +182,8 @@ class ConfirmedChannel:
         """
         where = _where(exchange, routing_key)
         log.debug("message %s: publishing again once reconnected", properties.message_id)
+        if isinstance(error, NotConfirmed):
+            await asyncio.sleep(_NACK_PAUSE)
         while True:
             try:
                 await self._wait_ready(deadline)
@@ -164,21 +201,33 @@ class ConfirmedChannel:
                 error = exc
                 break
             except Exception as exc:
-                mapped = self._error(exc, where)
-                if mapped is None:
-                    raise
-                if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
-                    raise mapped from exc
-                error = mapped
+                error = await self._resend_error(exc, where)
+                pause = _NACK_PAUSE if isinstance(error, NotConfirmed) else _RESEND_PAUSE
             if time.monotonic() >= deadline:
                 break
-            # The channel said ready and closed again: the link is flapping.
-            await asyncio.sleep(_RESEND_PAUSE)
+            # The channel said ready and closed again (the link is flapping), or the
+            # cluster still nacks.
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        if isinstance(error, NotConfirmed):
+            raise error
         raise ConnectionFailed(
             f"{where}: the connection to the broker was lost and not restored within "
             f"{self.timeout:g} s (publish_timeout); message {properties.message_id} "
             "was not confirmed"
         ) from error
+
+    async def _resend_error(self, exc: Exception, where: str) -> RabbitWorkerError:
+        """What a failed resend means: another try (the error is returned) when the
+        connection was lost or the cluster is settling; raised otherwise."""
+        mapped = self._error(exc, where)
+        if mapped is None:
+            raise exc
+        if self._settling(exc):
+            await self._recycle()
+            return mapped
+        if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
+            raise mapped from exc
+        return mapped
 
     async def ensure_queue(self, spec: QueueSpec, *, force: bool = False) -> None:
         """Declare an expiring queue unless declared recently; redeclaring resets its

@@ -23,6 +23,7 @@ from .connection import OutageReport, connect, is_blocked, retry_across_reconnec
 from .consume import AmqpConsumer, to_delivery
 from .declare import declare
 from .errors import Op, broker_text, reraise, translate
+from .failover import FailoverConnection
 from .leader import BrokerLock, try_lock
 from .publish import ConfirmedChannel
 
@@ -85,6 +86,12 @@ class _Browser:
         return taken
 
 
+def _on_host(connection: AbstractRobustConnection, url: BrokerURL) -> str:
+    if len(url.hosts) > 1 and isinstance(connection, FailoverConnection):
+        return f"{connection.host} (hosts: {url.masked})"
+    return url.masked
+
+
 class AmqpTransport:
     """Connects to the broker(s) of `url` when opened."""
 
@@ -144,9 +151,9 @@ class AmqpTransport:
             await connection.close()
             raise
         self._connection = connection
-        self._report = OutageReport(connection, self.url.masked)
+        self._report = OutageReport(connection, self.url.masked, hosts=len(self.url.hosts))
         self._publisher = ConfirmedChannel(connection, channel, timeout=self.publish_timeout)
-        log.info("connected to %s", self.url.masked)
+        log.info("connected to %s", _on_host(connection, self.url))
 
     async def _setup(
         self, connection: AbstractRobustConnection, what: str, step: Callable[[], Awaitable[T]]
