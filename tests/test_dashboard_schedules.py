@@ -104,3 +104,25 @@ async def test_an_app_without_schedules_has_no_schedules_link(
         page = client.get("/schedules")
         assert page.status_code == 200
         assert "This app has no schedules" in page.text
+
+
+async def test_probing_the_lock_tells_held_from_free_without_taking_it(
+    make_app: Callable[..., App], prefix: str, amqp: aio_pika.abc.AbstractRobustConnection
+) -> None:
+    """RabbitMQ answers a passive declare of another connection's exclusive queue with
+    RESOURCE_LOCKED, and of a missing one with NOT_FOUND: held, then free."""
+    app = make_app()
+    name = f"{prefix}.lock"
+    async with app:
+        probe = app.transport.probe_lock  # type: ignore[attr-defined]
+        assert await probe(name) == "free"
+        channel = await amqp.channel()
+        await channel.declare_queue(name, exclusive=True)
+        assert await probe(name) == "held"
+        assert await probe(name) == "held"  # asking did not take it, nor close the app
+        await channel.close()  # an exclusive queue outlives its channel, not its connection
+        assert await probe(name) == "held"
+        cleanup = await amqp.channel()
+        await cleanup.queue_delete(name)
+        assert await probe(name) == "free"
+        assert app.transport.connected
