@@ -125,4 +125,4 @@ async def test_probing_the_lock_tells_held_from_free_without_taking_it(
         cleanup = await amqp.channel()
         await cleanup.queue_delete(name)
         assert await probe(name) == "free"
-        assert app.transport.connected
+        assert await app.transport.inspect(name) is None  # the app's connection is fine
