@@ -84,7 +84,10 @@ async def test_the_schedules_page_lists_next_runs_and_whether_a_beat_leads(
     }
     beat = WorkerProcess(["beat", "--app", "beat_app:app"], env, tmp_path / "beat.log")
     try:
-        await eventually(lambda: "beat: published" in beat.output, timeout=20)
+        try:
+            await eventually(lambda: "beat: published" in beat.output, timeout=20)
+        except AssertionError:
+            raise AssertionError(beat.output) from None
         assert leader(board) == "held"
         page = httpx.get(f"{board.base}/schedules", timeout=10).text
         assert "kept on the broker" in row(page, "tick")
