@@ -49,6 +49,13 @@ def leader(board: DashboardProcess) -> str:
     return found.group(1)
 
 
+async def logged(beat: WorkerProcess, line: str) -> None:
+    try:
+        await eventually(lambda: line in beat.output, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"no {line!r} in 20 s:\n{beat.output}") from None
+
+
 def row(page: str, name: str) -> str:
     found = re.search(rf'<tr data-schedule="{name}">(.*?)</tr>', page)
     assert found, page
@@ -84,11 +91,9 @@ async def test_the_schedules_page_lists_next_runs_and_whether_a_beat_leads(
     }
     beat = WorkerProcess(["beat", "--app", "beat_app:app"], env, tmp_path / "beat.log")
     try:
-        try:
-            await eventually(lambda: "beat: published" in beat.output, timeout=20)
-        except AssertionError:
-            raise AssertionError(beat.output) from None
+        await logged(beat, "beat: leading")
         assert leader(board) == "held"
+        await logged(beat, "beat: published")  # a tick, and so a last tick kept
         page = httpx.get(f"{board.base}/schedules", timeout=10).text
         assert "kept on the broker" in row(page, "tick")
         assert "none kept yet" in row(page, "nightly-report")
