@@ -1,17 +1,27 @@
 """A lock held on the broker: an exclusive queue that only one connection can hold.
 The broker deletes it the moment the holder's connection closes (or misses its
-heartbeats), and then another process can declare it: that is the beat's leadership."""
+heartbeats), and then another process can declare it: that is the beat's leadership.
+
+`probe_lock` looks without taking: a passive declare from another connection, which
+RabbitMQ (3.10 checked) answers with RESOURCE_LOCKED (405) while a connection holds
+the exclusive queue and NOT_FOUND (404) once none does; it closes the asking channel
+either way, so the probe runs on a channel of its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Literal
 
 import aiormq
 
 from .errors import Op, reraise
 
-__all__ = ["BrokerLock", "try_lock"]
+__all__ = ["BrokerLock", "LockState", "probe_lock", "try_lock"]
+
+# held: a connection holds the lock (another one; or this one, or a queue of that name
+# that is not exclusive: either way no other process can take it); free: none does.
+LockState = Literal["held", "free"]
 
 
 class BrokerLock:
@@ -53,3 +63,22 @@ async def try_lock(
             await channel.close()
         reraise(exc, Op.SETUP, f"take the lock {name}")
     return BrokerLock(channel, name)
+
+
+async def probe_lock(channel: aiormq.abc.AbstractChannel, name: str, timeout: float) -> LockState:
+    """Whether a connection holds the lock `name`, asked on a fresh `channel` (which
+    this closes) without taking it."""
+    try:
+        async with asyncio.timeout(timeout):
+            await channel.queue_declare(name, passive=True)
+    except aiormq.exceptions.ChannelLockedResource:
+        return "held"
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return "free"
+    except Exception as exc:
+        reraise(exc, Op.READ, f"look at the lock {name}")
+    finally:
+        if not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
+    return "held"

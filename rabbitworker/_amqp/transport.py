@@ -24,7 +24,7 @@ from .consume import AmqpConsumer, to_delivery
 from .declare import declare
 from .errors import Op, broker_text, reraise, translate
 from .failover import FailoverConnection
-from .leader import BrokerLock, try_lock
+from .leader import BrokerLock, LockState, probe_lock, try_lock
 from .publish import ConfirmedChannel
 
 __all__ = ["AmqpTransport"]
@@ -277,6 +277,11 @@ class AmqpTransport:
         connection holds it (see `rabbitworker._amqp.leader`)."""
         channel = await self._raw_channel(f"take the lock {name}")
         return await try_lock(channel, name, self.publish_timeout)
+
+    async def probe_lock(self, name: str) -> LockState:
+        """Whether a connection holds the lock `name`, without taking it."""
+        channel = await self._raw_channel(f"look at the lock {name}")
+        return await probe_lock(channel, name, self.publish_timeout)
 
     async def purge(self, queue: str) -> int:
         async with self.browse(queue) as browser:

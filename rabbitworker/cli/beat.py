@@ -12,6 +12,7 @@ import typer
 
 from ..logs import setup_logging
 from ..schedules.beat import Beat, utc_now
+from ..schedules.listing import describe
 from .common import AppOpt, JsonOpt, UrlOpt, fail, friendly, get_app
 
 __all__ = ["beat", "schedules"]
@@ -58,17 +59,7 @@ def schedules(
 ) -> None:
     """List the app's schedules and their next run times."""
     app = get_app(app_path, None)
-    now = utc_now()
-    rows = [
-        {
-            "name": s.name,
-            "message": s.message.routing_key,
-            "when": s.when,
-            "catch_up": s.catch_up,
-            "next": [t.astimezone(s.tz).isoformat() for t in s.next_runs(now, count)],
-        }
-        for s in app.schedules
-    ]
+    rows = describe(app.schedules, utc_now(), count)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -1,7 +1,8 @@
 """`rabbitworker dashboard`: a small web app (Starlette, served by uvicorn; the
 optional extra `rabbitworker[dashboard]`) to watch an app's queues, act on its dead
-letters and look up a task. Its data comes from `rabbitworker.status`, its actions
-go through `rabbitworker.dlq`, the same code as the command line's."""
+letters, look up a task and see its schedules. Its data comes from
+`rabbitworker.status`, its actions go through `rabbitworker.dlq`, the same code as the
+command line's."""
 
 from __future__ import annotations
 

@@ -17,14 +17,16 @@ from .security import CSRF_FIELD
 __all__ = ["dead_letters_page", "layout", "message_page", "purge_page", "queues_page", "task_page"]
 
 
-def layout(title: str, body: str, *, app_name: str, broker: str) -> str:
+def layout(title: str, body: str, *, app_name: str, broker: str, schedules: bool = False) -> str:
+    """The page around `body`; the nav links Schedules when the app has some."""
+    nav = '<a href="/schedules">Schedules</a>' if schedules else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)} · rabbitworker</title>
 <link rel="stylesheet" href="/static/style.css"></head>
 <body><header><span class="app">rabbitworker · {escape(app_name)}</span>
-<a href="/">Queues</a><a href="/tasks">Task</a>
+<a href="/">Queues</a><a href="/tasks">Task</a>{nav}
 <span class="broker">{escape(broker)}</span></header>
 <main><h1>{escape(title)}</h1>
 {body}

@@ -1,4 +1,4 @@
-"""The dashboard's ASGI app: routes for the queues, dead letters and task pages,
+"""The dashboard's ASGI app: routes for the queues, dead letters, task and schedules pages,
 a JSON feed the queues page polls, and a monitor that samples `gather_status`
 in the background to keep the last minutes for the charts."""
 
@@ -27,6 +27,7 @@ from ..logs import hide_password, mask_secrets
 from ..status import QueueStatus, gather_status
 from ..topology import dead_letter_queue_name
 from . import pages
+from .schedules import read_schedules, schedules_page
 from .security import CSRF_COOKIE, Credentials, Guard, Security
 from .static import SCRIPT, STYLE
 
@@ -99,6 +100,7 @@ class Dashboard:
             render(self.security.token_for(cookie)),
             app_name=self.app.name,
             broker=self.app.transport.description,
+            schedules=len(self.app.schedules) > 0,
         )
         response = HTMLResponse(mask_secrets(body), status_code=status)
         if CSRF_COOKIE not in request.cookies:
@@ -173,6 +175,10 @@ class Dashboard:
             request, "Task", lambda _: pages.task_page(message_id, status, store=store)
         )
 
+    async def schedules(self, request: Request) -> Response:
+        board = await read_schedules(self.app)
+        return self.page(request, "Schedules", lambda _: schedules_page(board))
+
     async def failed(self, request: Request, exc: Exception) -> Response:
         code = 400 if isinstance(exc, ConfigurationError) else 503
         text = mask_secrets(str(exc))
@@ -244,6 +250,7 @@ def create_dashboard(
         Route(f"{base}/purge", board.purge_form, methods=["GET"]),
         Route(f"{base}/purge", board.purge, methods=["POST"]),
         Route("/tasks", board.task),
+        Route("/schedules", board.schedules),
         Route("/static/style.css", _asset(STYLE, "text/css")),
         Route("/static/dashboard.js", _asset(SCRIPT, "text/javascript")),
     ]
