@@ -5,12 +5,13 @@ module-level functions act on."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .bulk import DEFAULT_WINDOW, Messages, PublishResult
 from .errors import ConfigurationError
 from .message import R, TaskMessage
 from .middleware import Middleware, Retries
@@ -250,6 +251,22 @@ class App:
         """
         return await self.session.producer.publish(
             msg, headers=headers, delay=delay, message_id=message_id, track=track
+        )
+
+    def publish_many(
+        self,
+        messages: Messages,
+        *,
+        window: int = DEFAULT_WINDOW,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        track: bool | timedelta | float = False,
+    ) -> AsyncIterator[PublishResult]:
+        """Publish many messages with up to `window` confirms in flight: `async for
+        r in app.publish_many(msgs)` yields each one's `PublishResult` (its id, or its
+        error) in input order. Options as for `publish`, applied to every message."""
+        return self.session.producer.publish_many(
+            messages, window=window, headers=headers, delay=delay, track=track
         )
 
     def _tracker(self) -> Tracker:
