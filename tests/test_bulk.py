@@ -168,7 +168,7 @@ async def test_the_blocking_facade_reads_the_iterator_a_few_windows_at_a_time(
 async def test_a_handler_and_the_module_level_function_publish_many(
     make_app: Callable[..., App], prefix: str, start_worker: Any
 ) -> None:
-    app, Job, queue = job_app(make_app, prefix)
+    app = make_app(queue_type="classic")
     done: asyncio.Queue[int] = asyncio.Queue()
 
     class Fan(TaskMessage, routing_key=f"{prefix}.fan"):

@@ -212,6 +212,7 @@ class AmqpTransport:
             channel = connection.channel(publisher_confirms=False)
             await channel
             consumer = AmqpConsumer(queue, channel)
+            self.acks.expect(queue, prefetch)
             await consumer.start(on_delivery, self.acks, prefetch=prefetch, on_closed=on_closed)
             self._channels.append(channel)
             return consumer
