@@ -66,7 +66,8 @@ async def test_acks_finishing_over_several_turns_wait_for_a_batch_of_a_quarter_p
     assert channel.frames == [(25, True), (50, True), (60, True)]
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await batcher.ack(FakeMessage(channel, 61))
+    lone: Any = FakeMessage(channel, 61)
+    await batcher.ack(lone)
     assert channel.frames[-1] == (61, True)
     assert loop.time() - started < LINGER_S + 0.5  # a lone ack waits no longer than that
 
