@@ -53,6 +53,9 @@ async def depth(url: str, qt: str, scale: float) -> tuple[str, list[dict[str, An
     for n in DEPTHS:
         count = max(1_000, int(n * scale))
         mem = await procs.worker_memory(url, qt, count)
+        print(
+            f"  {count:,} waiting: {mem['rate']:,.0f} msg/s, RSS peak {mem['rss_peak_mib']:.1f} MiB"
+        )
         out.append(mem)
         rows.append((f"{count:,}", f"{mem['rate']:,.0f}", f"{mem['rss_start_mib']:.1f}",
                      f"{mem['rss_peak_mib']:.1f}", f"{mem['rss_end_mib']:.1f}",
