@@ -138,7 +138,7 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
             await app.publish(Job(n=n))
     worker = await start_worker(app, concurrency=100, prefetch=100)
     await eventually(lambda: len(handled) == 49, timeout=20)
-    # The acks of a batch are written one turn of the loop after its handlers finish.
+    # The acks of a batch are written at most LINGER_S after its handlers finish.
     transport: Any = app.transport  # the AMQP transport: its acks and connection
     acks = transport.acks
     await eventually(lambda: worker.handled == 49 and acks.pending == 0, timeout=5)
@@ -150,3 +150,24 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
     await eventually(only_the_blocked_one_is_back, timeout=10)
     release.set()
     assert sorted(handled) == list(range(1, 50))
+
+
+async def test_a_batch_never_waits_for_more_than_a_quarter_of_the_handlers_at_once(
+    make_app: Callable[..., App], start_worker: Any, prefix: str
+) -> None:
+    # With 2 handlers at once and a prefetch of 100, waiting for 25 finished ones would
+    # hold both slots for LINGER_S after every pair: the batch follows the handlers.
+    app = make_app()
+    done: list[int] = []
+
+    @app.task(queue=f"{prefix}.few")
+    async def few(msg: Job) -> None:
+        done.append(msg.n)
+
+    async with app:
+        for n in range(20):
+            await app.publish(Job(n=n))
+    await start_worker(app, concurrency=2, prefetch=100)
+    await eventually(lambda: len(done) == 20, timeout=20)
+    transport: Any = app.transport
+    assert transport.acks._batches[f"{prefix}.few"] == 1

@@ -30,8 +30,8 @@ MAX_SETTLED_ABOVE_GAP = 65_536
 # A flush waits, at most LINGER_S, for this many finished deliveries: on a quorum
 # queue every ack frame is a command through the queue's log, and one frame per 25
 # deliveries is the broker's ceiling (docs/performance.md). A queue consumed with a
-# small prefetch waits for a quarter of it, so the broker is never left waiting on
-# acks that are held back for want of deliveries.
+# small prefetch (or few handlers at once) waits for a quarter of it, so neither the
+# broker nor the handlers' slots are left waiting on acks held back for a batch.
 ACK_BATCH = 25
 LINGER_S = 0.002
 
@@ -86,9 +86,10 @@ class AckBatcher:
         self._windows: weakref.WeakKeyDictionary[Any, _Window] = weakref.WeakKeyDictionary()
         self._batches: dict[str, int] = {}
 
-    def expect(self, queue: str, prefetch: int) -> None:
-        """Deliveries from `queue` come with this prefetch: it sizes their batches."""
-        self._batches[queue] = batch_for(prefetch)
+    def expect(self, queue: str, holders: int) -> None:
+        """At most `holders` deliveries from `queue` can be unacked or running at once
+        (its prefetch, or the handlers' concurrency if lower): it sizes their batches."""
+        self._batches[queue] = batch_for(holders)
 
     @property
     def pending(self) -> int:
