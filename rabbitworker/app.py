@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from .bulk import DEFAULT_WINDOW, Messages, PublishResult
+from .bulk import BulkOptions, Messages, PublishResult
 from .errors import ConfigurationError
 from .message import R, TaskMessage
 from .middleware import Middleware, Retries
@@ -254,20 +254,11 @@ class App:
         )
 
     def publish_many(
-        self,
-        messages: Messages,
-        *,
-        window: int = DEFAULT_WINDOW,
-        headers: Mapping[str, Any] | None = None,
-        delay: float | timedelta | None = None,
-        track: bool | timedelta | float = False,
+        self, messages: Messages, **options: Unpack[BulkOptions]
     ) -> AsyncIterator[PublishResult]:
-        """Publish many messages with up to `window` confirms in flight: `async for
-        r in app.publish_many(msgs)` yields each one's `PublishResult` (its id, or its
-        error) in input order. Options as for `publish`, applied to every message."""
-        return self.session.producer.publish_many(
-            messages, window=window, headers=headers, delay=delay, track=track
-        )
+        """Many messages with a window of confirms in flight; yields each one's
+        `PublishResult` (id or error) in input order. See `rabbitworker.bulk`."""
+        return self.session.producer.publish_many(messages, **options)
 
     def _tracker(self) -> Tracker:
         tracker = self.session.tracker

@@ -15,13 +15,20 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from .errors import ConfigurationError, RabbitWorkerError
 from .message import TaskMessage
 from .wire import new_message_id
 
-__all__ = ["DEFAULT_WINDOW", "Messages", "PublishResult", "publish_many", "windowed"]
+__all__ = [
+    "DEFAULT_WINDOW",
+    "BulkOptions",
+    "Messages",
+    "PublishResult",
+    "publish_many",
+    "windowed",
+]
 
 # Unconfirmed publishes in flight by default. Timed from 16 to 4,096 on the bench
 # machine (docs/performance.md, "publish_many"), no window was measurably faster;
@@ -30,6 +37,17 @@ DEFAULT_WINDOW = 512
 
 Messages = Iterable[TaskMessage[Any]] | AsyncIterable[TaskMessage[Any]]
 PublishOne = Callable[..., Awaitable[str]]
+
+
+class BulkOptions(TypedDict, total=False):
+    """The options of `publish_many`: `window` (unconfirmed messages in flight at
+    most, default `DEFAULT_WINDOW`), and `headers`, `delay`, `track` as for `publish`,
+    applied to every message."""
+
+    window: int
+    headers: Mapping[str, Any] | None
+    delay: float | timedelta | None
+    track: bool | timedelta | float
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +139,9 @@ async def _cancel(pending: deque[_Pending]) -> None:
 
 
 def publish_many(
-    messages: Messages,
-    *,
-    window: int = DEFAULT_WINDOW,
-    headers: Mapping[str, Any] | None = None,
-    delay: float | timedelta | None = None,
-    track: bool | timedelta | float = False,
+    messages: Messages, **options: Unpack[BulkOptions]
 ) -> AsyncIterator[PublishResult]:
     """`App.publish_many` on the current app."""
     from .app import current_app  # the app module imports this one
 
-    return current_app().publish_many(
-        messages, window=window, headers=headers, delay=delay, track=track
-    )
+    return current_app().publish_many(messages, **options)

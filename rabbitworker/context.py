@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
-from .bulk import Messages, PublishResult, windowed
+from .bulk import BulkOptions, Messages, PublishResult, windowed
 
 if TYPE_CHECKING:
     from .message import TaskMessage
@@ -84,7 +84,9 @@ class Context:
         """Publish a follow-up message; the same options and errors as `App.publish`."""
         return await self._publish(msg, **kwargs)
 
-    def publish_many(self, messages: Messages, **options: Any) -> AsyncIterator[PublishResult]:
+    def publish_many(
+        self, messages: Messages, **options: Unpack[BulkOptions]
+    ) -> AsyncIterator[PublishResult]:
         """Publish follow-up messages with a window of confirms in flight; the same
         options and results as `App.publish_many`."""
         return windowed(self._publish, messages, **options)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Unpack
 
-from .bulk import DEFAULT_WINDOW, Messages, PublishResult, windowed
+from .bulk import BulkOptions, Messages, PublishResult, windowed
 from .errors import ConfigurationError, UnroutableError
 from .message import TaskMessage
 from .results.tracking import Tracker, ttl_seconds
@@ -105,21 +105,14 @@ class Producer:
         return properties.message_id or ""
 
     def publish_many(
-        self,
-        messages: Messages,
-        *,
-        window: int = DEFAULT_WINDOW,
-        headers: Mapping[str, Any] | None = None,
-        delay: float | timedelta | None = None,
-        track: bool | timedelta | float = False,
+        self, messages: Messages, **options: Unpack[BulkOptions]
     ) -> AsyncIterator[PublishResult]:
         """`publish` for each of `messages` with up to `window` confirms in flight;
         yields each message's `PublishResult` in input order (see `bulk`)."""
+        track = options.get("track", False)
         if track and self.tracker is None:
             self._track_ttl("", track)  # raises the ConfigurationError now, not per message
-        return windowed(
-            self.publish, messages, window=window, headers=headers, delay=delay, track=track
-        )
+        return windowed(self.publish, messages, **options)
 
     def _track_ttl(self, key: str, track: bool | timedelta | float) -> float | None:
         if self.tracker is None:
