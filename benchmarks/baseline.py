@@ -15,7 +15,15 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from .common import ECHO_KEY, JOB_KEY, Echo, EchoReply, Job, Tally, delete, job, prefill, unique
 
-__all__ = ["consume", "publish", "rpc_concurrent", "rpc_latency"]
+__all__ = [
+    "consume",
+    "consume_batch_acks",
+    "publish",
+    "rpc_concurrent",
+    "rpc_latency",
+]
+
+ACK_EVERY = 25
 
 PREFETCH = 100
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -78,6 +86,31 @@ async def consume(url: str, queue_type: str, count: int, delay: float = 0.0) -> 
 
         tag = await queue.consume(on_message)
         await tally.wait(timeout=60 + count * max(delay, 0.001))
+        await queue.cancel(tag)
+        await channel.close()
+        return tally.rate
+
+
+async def consume_batch_acks(url: str, queue_type: str, count: int) -> float:
+    """The ceiling for a no-op consumer: messages per second with one `basic.ack`
+    (`multiple=True`) for every 25 deliveries, and one for the rest at the end."""
+    async with topology(url, queue_type, JOB_KEY) as (connection, _, _x, queue_name):
+        await prefill(connection, queue_name, count)
+        tally = Tally(count)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=PREFETCH)
+        queue = await channel.get_queue(queue_name, ensure=False)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            Job.model_validate_json(message.body)
+            tally.hit()
+            # Handled in delivery order with nothing awaited before: every earlier
+            # delivery has finished, so `multiple=True` acks nothing unfinished.
+            if tally.count % ACK_EVERY == 0 or tally.count == count:
+                await message.ack(multiple=True)
+
+        tag = await queue.consume(on_message)
+        await tally.wait(timeout=60 + count * 0.001)
         await queue.cancel(tag)
         await channel.close()
         return tally.rate

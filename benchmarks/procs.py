@@ -181,7 +181,8 @@ async def worker_memory(url: str, queue_type: str, count: int) -> dict[str, floa
             try:
                 started = time.perf_counter()
                 await prefill(connection, queue, count)
-                print(f"  prefilled {count} messages in {time.perf_counter() - started:.1f} s")
+                prefill_s = time.perf_counter() - started
+                print(f"  prefilled {count} messages in {prefill_s:.1f} s")
                 procs = _spawn(
                     "rabbitworker", 1, _env(url, queue_type, exchange, queue, workdir), log
                 )
@@ -210,9 +211,13 @@ async def worker_memory(url: str, queue_type: str, count: int) -> dict[str, floa
             finally:
                 await connection.close()
         stats = [json.loads(p.read_text()) for p in workdir.glob("stats-*.json")]
+    handled = sum(s["count"] for s in stats)
+    span = max(s["last"] for s in stats) - min(s["first"] for s in stats if s["count"])
     return {
         "messages": count,
-        "handled": sum(s["count"] for s in stats),
+        "handled": handled,
+        "rate": (handled - 1) / span if span > 0 else float("nan"),
+        "prefill_s": prefill_s,
         "seconds": elapsed,
         "rss_start_mib": start / 1024,
         "rss_after_10pct_mib": warm / 1024,

@@ -19,7 +19,7 @@ from typing import Any
 
 import aio_pika
 
-from . import baseline, procs, results_rows, rw
+from . import baseline, procs, results_rows, rw, scaling
 
 __all__ = ["Row", "main"]
 
@@ -75,12 +75,22 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--memory", action="store_true", help="only measure a worker's RSS over a long run"
     )
     p.add_argument("--memory-messages", type=int, default=200_000)
+    p.add_argument(
+        "--scaling", action="store_true", help="only the scaling curves (depth, delays, ...)"
+    )
+    p.add_argument("--scale", type=float, default=1.0, help="--scaling sizes times this")
+    p.add_argument(
+        "--curves",
+        default=",".join(scaling.CURVES),
+        help=f"with --scaling, comma-separated: {','.join(scaling.CURVES)}",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: results/)")
     args = p.parse_args(argv)
     if args.quick:
         args.messages, args.slow_messages, args.rpc_calls = 4_000, 1_000, 100
     args.queue_types = [q.strip() for q in args.queue_types.split(",") if q.strip()]
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
+    args.curves = {s.strip() for s in args.curves.split(",") if s.strip()}
     unknown = args.only - set(SECTIONS) or set(args.queue_types) - {"quorum", "classic"}
     if unknown:
         p.error(f"unknown value(s): {', '.join(sorted(unknown))}")
@@ -151,12 +161,21 @@ async def bench_queue_type(args: argparse.Namespace, qt: str, rows: list[Row]) -
             r, lambda: baseline.publish(url, qt, n, b), lambda: rw.publish(url, qt, n, b)
         )
         add(f"publish, confirmed, {b} at a time", "msg/s", base, ours, True, 1.0)
+        one = min(n, 2_000)  # sequential: a rate, so fewer messages do
+        base, ours = await medians(
+            r, lambda: rw.publish_one_by_one(url, qt, one), lambda: rw.publish_bulk(url, qt, n)
+        )
+        add("publish_many (baseline: app.publish, one at a time)", "msg/s", base, ours, True, 3.0)
     if "consume" in args.only:
         n = args.messages
         base, ours = await medians(
             r, lambda: baseline.consume(url, qt, n), lambda: rw.consume(url, qt, n)
         )
         add("consume, no-op handler", "msg/s", base, ours, True, 1.0)
+        base, ours = await medians(
+            r, lambda: baseline.consume_batch_acks(url, qt, n), lambda: rw.consume(url, qt, n)
+        )
+        add("consume, no-op (baseline: acks 25 at a time)", "msg/s", base, ours, True, 0.9)
     if "metrics" in args.only:
         n = args.messages
         cpu_off: list[float] = []
@@ -293,7 +312,9 @@ async def amain(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     arguments = {k: _jsonable(v) for k, v in vars(args).items() if k != "url"}
     results: dict[str, Any] = {"machine": info, "arguments": arguments}
-    if args.memory:
+    if args.scaling:
+        results["scaling"] = await scaling.run(args.url, args.queue_types, args.scale, args.curves)
+    elif args.memory:
         for qt in args.queue_types:
             print(f"{qt}: a worker's memory over {args.memory_messages:,} messages")
             mem = await procs.worker_memory(args.url, qt, args.memory_messages)

@@ -17,7 +17,15 @@ from rabbitworker.topology import QueueType
 
 from .common import Echo, EchoReply, Job, Tally, delete, job, prefill, unique
 
-__all__ = ["consume", "delete_app", "publish", "rpc_concurrent", "rpc_latency"]
+__all__ = [
+    "consume",
+    "delete_app",
+    "publish",
+    "publish_bulk",
+    "publish_one_by_one",
+    "rpc_concurrent",
+    "rpc_latency",
+]
 
 CONCURRENCY = 100
 PREFETCH = 100
@@ -70,6 +78,31 @@ async def publish(url: str, queue_type: str, count: int, batch: int) -> float:
                 *(app.publish(job(n)) for n in range(start, min(count, start + batch)))
             )
         return count / (time.perf_counter() - started)
+
+
+async def publish_one_by_one(url: str, queue_type: str, count: int) -> float:
+    """Confirmed publishes per second, one `await app.publish()` after another."""
+    async with bench_app(url, queue_type, no_handler) as (app, _):
+        for n in range(20):
+            await app.publish(job(n))
+        started = time.perf_counter()
+        for n in range(count):
+            await app.publish(job(n))
+        return count / (time.perf_counter() - started)
+
+
+async def publish_bulk(url: str, queue_type: str, count: int, window: int | None = None) -> float:
+    """Confirmed publishes per second through `App.publish_many` (every result read)."""
+    options = {} if window is None else {"window": window}
+    async with bench_app(url, queue_type, no_handler) as (app, _):
+        started = time.perf_counter()
+        failed = 0
+        async for result in app.publish_many((job(n) for n in range(count)), **options):
+            failed += not result.ok
+        rate = count / (time.perf_counter() - started)
+        if failed:
+            raise RuntimeError(f"{failed} of {count} bulk publishes failed")
+        return rate
 
 
 async def consume(

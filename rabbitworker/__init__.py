@@ -7,6 +7,7 @@ and every exception.
 
 from .__about__ import __version__
 from .app import App, call, publish, submit
+from .bulk import PublishResult, publish_many
 from .context import Context
 from .errors import (
     BrokerError,
@@ -51,6 +52,7 @@ __all__ = [
     "Outcome",
     "PendingReply",
     "PublishError",
+    "PublishResult",
     "RPCError",
     "RPCTimeout",
     "RabbitWorkerError",
@@ -68,5 +70,6 @@ __all__ = [
     "call",
     "exponential",
     "publish",
+    "publish_many",
     "submit",
 ]

@@ -5,12 +5,13 @@ module-level functions act on."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from datetime import timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from .bulk import BulkOptions, Messages, PublishResult
 from .errors import ConfigurationError
 from .message import R, TaskMessage
 from .middleware import Middleware, Retries
@@ -22,7 +23,7 @@ from .results.tracking import Tracker, ttl_seconds
 from .rpc import PendingReply
 from .schedules.schedule import CatchUp, Schedule, Schedules
 from .session import Session
-from .settings import Settings
+from .settings import Settings, first_error
 from .topology import QueueType, Topology
 from .transport import Transport
 
@@ -91,7 +92,7 @@ class App:
             try:
                 self._settings = Settings(**self._overrides)
             except ValueError as exc:
-                raise ConfigurationError(f"invalid settings: {_first_error(exc)}") from None
+                raise ConfigurationError(f"invalid settings: {first_error(exc)}") from None
         return self._settings
 
     def configure(self, **settings: Any) -> None:
@@ -280,6 +281,13 @@ class App:
             msg, headers=headers, delay=delay, message_id=message_id, track=track
         )
 
+    def publish_many(
+        self, messages: Messages, **options: Unpack[BulkOptions]
+    ) -> AsyncIterator[PublishResult]:
+        """Many messages with a window of confirms in flight; yields each one's
+        `PublishResult` (id or error) in input order. See `rabbitworker.bulk`."""
+        return self.session.producer.publish_many(messages, **options)
+
     def _tracker(self) -> Tracker:
         tracker = self.session.tracker
         if tracker is None:
@@ -331,19 +339,8 @@ class App:
         return f"App({self.name!r}, exchange={self.exchange!r}, queues={self.queues})"
 
 
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "value"
-        return f"{where}: {first.get('msg', exc)}"
-    return str(exc).splitlines()[0]
-
-
-# The app the module-level functions use: the one entered in this context (task)
-# if any, else the app connected most recently in the process. The fallback is what
-# serves a web framework whose lifespan enters the app in a task other than the
-# ones that handle requests.
+# The app the module-level functions use: the one entered in this context (task) if
+# any, else the app connected last (a web framework's lifespan enters it in another task).
 _current: ContextVar[App | None] = ContextVar("rabbitworker_current_app", default=None)
 _connected: list[App] = []
 

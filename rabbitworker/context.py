@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
+
+from .bulk import BulkOptions, Messages, PublishResult, windowed
 
 if TYPE_CHECKING:
     from .message import TaskMessage
@@ -81,6 +83,13 @@ class Context:
     async def publish(self, msg: TaskMessage[Any], **kwargs: Any) -> str:
         """Publish a follow-up message; the same options and errors as `App.publish`."""
         return await self._publish(msg, **kwargs)
+
+    def publish_many(
+        self, messages: Messages, **options: Unpack[BulkOptions]
+    ) -> AsyncIterator[PublishResult]:
+        """Publish follow-up messages with a window of confirms in flight; the same
+        options and results as `App.publish_many`."""
+        return windowed(self._publish, messages, **options)
 
     def __repr__(self) -> str:
         return (

@@ -4,10 +4,11 @@ the broker-side delay queues."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Unpack
 
+from .bulk import BulkOptions, Messages, PublishResult, windowed
 from .errors import ConfigurationError, UnroutableError
 from .message import TaskMessage
 from .middleware.base import PublishHooks
@@ -105,6 +106,16 @@ class Producer:
             await self.tracker.queued(properties.message_id, key, ttl, properties.timestamp)
         await self.send(key, body, properties, delay_ms)
         return properties.message_id or ""
+
+    def publish_many(
+        self, messages: Messages, **options: Unpack[BulkOptions]
+    ) -> AsyncIterator[PublishResult]:
+        """`publish` for each of `messages` with up to `window` confirms in flight;
+        yields each message's `PublishResult` in input order (see `bulk`)."""
+        track = options.get("track", False)
+        if track and self.tracker is None:
+            self._track_ttl("", track)  # raises the ConfigurationError now, not per message
+        return windowed(self.publish, messages, **options)
 
     def _track_ttl(self, key: str, track: bool | timedelta | float) -> float | None:
         if self.tracker is None:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_URL", "Settings"]
+__all__ = ["DEFAULT_URL", "Settings", "first_error"]
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -42,3 +42,13 @@ class Settings(BaseSettings):
     log_bodies: bool = False
     metrics_port: int | None = Field(None, ge=0, le=65535)  # `run` serves /metrics
     health_port: int | None = Field(None, ge=0, le=65535)  # `run` serves /healthz, /readyz
+
+
+def first_error(exc: ValueError) -> str:
+    """The first problem a validation error names, as `field: message`."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "value"
+        return f"{where}: {first.get('msg', exc)}"
+    return str(exc).splitlines()[0]

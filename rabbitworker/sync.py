@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
+import itertools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, Future
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .bulk import DEFAULT_WINDOW, PublishResult
 from .errors import ConfigurationError, ConnectionFailed, RPCTimeout
 from .message import R, TaskMessage
 from .rpc import PendingReply
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["SyncClient", "SyncPendingReply"]
 
 T = TypeVar("T")
+
+# `publish_many` hands the background loop this many windows of messages at a time.
+_WINDOWS_PER_CHUNK = 8
 
 
 class SyncPendingReply(Generic[R]):
@@ -139,6 +145,32 @@ class SyncClient:
                 msg, headers=headers, delay=delay, message_id=message_id, track=track
             )
         )
+
+    def publish_many(
+        self,
+        messages: Iterable[TaskMessage[Any]],
+        *,
+        window: int = DEFAULT_WINDOW,
+        headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        track: bool | timedelta | float = False,
+    ) -> Iterator[PublishResult]:
+        """Blocking `App.publish_many`: yields each message's `PublishResult` in input
+        order. `messages` is read in this thread, a few windows at a time."""
+        chunk_size = window * _WINDOWS_PER_CHUNK
+        source = iter(messages)
+        offset = 0
+        while chunk := list(itertools.islice(source, chunk_size)):
+
+            async def run(s: Session, chunk: list[TaskMessage[Any]] = chunk) -> list[PublishResult]:
+                results = s.producer.publish_many(
+                    chunk, window=window, headers=headers, delay=delay, track=track
+                )
+                return [r async for r in results]
+
+            for result in self._run(run):
+                yield dataclasses.replace(result, index=result.index + offset)
+            offset += len(chunk)
 
     def call(self, msg: TaskMessage[R], *, timeout: float, retry: bool = False) -> R:
         """Blocking `App.call`; `timeout` bounds connecting too, on the first use."""

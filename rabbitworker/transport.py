@@ -139,7 +139,11 @@ class Transport(Protocol):
         *,
         prefetch: int,
         on_closed: OnChannelClosed | None = None,
-    ) -> Consumer: ...
+        concurrency: int | None = None,
+    ) -> Consumer:
+        """Consume `queue`; `concurrency`, the handlers that can run at once, bounds
+        how many finished deliveries an ack may wait for."""
+        ...
 
     async def consume_replies(self, on_reply: OnDelivery, on_lost: Callable[[str], None]) -> None:
         """Start the RPC reply consumer on the publishing channel."""

@@ -10,7 +10,7 @@ from typing import Any
 from conftest import eventually, queue_depth
 
 from rabbitworker import App, Context, TaskMessage
-from rabbitworker._amqp.acks import AckBatcher
+from rabbitworker._amqp.acks import LINGER_S, AckBatcher, batch_for
 
 
 class FakeChannel:
@@ -36,7 +36,9 @@ class FakeChannel:
 
 
 class FakeMessage:
-    """What the batcher reads of a `Delivery`: its tag and channel."""
+    """What the batcher reads of a `Delivery`: its tag, channel and queue."""
+
+    queue = "q"
 
     def __init__(self, channel: FakeChannel, tag: int) -> None:
         self.channel = channel
@@ -48,6 +50,26 @@ async def test_acks_finished_in_one_turn_of_the_loop_go_out_as_one_multiple_ack(
     messages: list[Any] = [FakeMessage(channel, tag) for tag in range(1, 51)]
     await asyncio.gather(*(batcher.ack(m) for m in messages))
     assert channel.frames == [(50, True)]
+
+
+async def test_acks_finishing_over_several_turns_wait_for_a_batch_of_a_quarter_prefetch() -> None:
+    assert (batch_for(100), batch_for(1000), batch_for(8), batch_for(2)) == (25, 25, 2, 1)
+    channel, batcher = FakeChannel(), AckBatcher()
+    batcher.expect("q", 100)
+    messages: list[Any] = [FakeMessage(channel, tag) for tag in range(1, 61)]
+    acking = []
+    for m in messages:  # one handler finishing per turn of the loop
+        acking.append(asyncio.ensure_future(batcher.ack(m)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*acking)
+    # 25 and 50 in one frame each; the last 10 once LINGER_S has passed.
+    assert channel.frames == [(25, True), (50, True), (60, True)]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lone: Any = FakeMessage(channel, 61)
+    await batcher.ack(lone)
+    assert channel.frames[-1] == (61, True)
+    assert loop.time() - started < LINGER_S + 0.5  # a lone ack waits no longer than that
 
 
 async def test_a_delivery_still_being_handled_is_never_covered_by_a_multiple_ack() -> None:
@@ -116,7 +138,7 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
             await app.publish(Job(n=n))
     worker = await start_worker(app, concurrency=100, prefetch=100)
     await eventually(lambda: len(handled) == 49, timeout=20)
-    # The acks of a batch are written one turn of the loop after its handlers finish.
+    # The acks of a batch are written at most LINGER_S after its handlers finish.
     transport: Any = app.transport  # the AMQP transport: its acks and connection
     acks = transport.acks
     await eventually(lambda: worker.handled == 49 and acks.pending == 0, timeout=5)
@@ -128,3 +150,24 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
     await eventually(only_the_blocked_one_is_back, timeout=10)
     release.set()
     assert sorted(handled) == list(range(1, 50))
+
+
+async def test_a_batch_never_waits_for_more_than_a_quarter_of_the_handlers_at_once(
+    make_app: Callable[..., App], start_worker: Any, prefix: str
+) -> None:
+    # With 2 handlers at once and a prefetch of 100, waiting for 25 finished ones would
+    # hold both slots for LINGER_S after every pair: the batch follows the handlers.
+    app = make_app()
+    done: list[int] = []
+
+    @app.task(queue=f"{prefix}.few")
+    async def few(msg: Job) -> None:
+        done.append(msg.n)
+
+    async with app:
+        for n in range(20):
+            await app.publish(Job(n=n))
+    await start_worker(app, concurrency=2, prefetch=100)
+    await eventually(lambda: len(done) == 20, timeout=20)
+    transport: Any = app.transport
+    assert transport.acks._batches[f"{prefix}.few"] == 1

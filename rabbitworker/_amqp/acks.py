@@ -27,12 +27,27 @@ __all__ = ["AckBatcher"]
 # rather than grow (every ack is then sent on its own).
 MAX_SETTLED_ABOVE_GAP = 65_536
 
+# A flush waits, at most LINGER_S, for this many finished deliveries: on a quorum
+# queue every ack frame is a command through the queue's log, and one frame per 25
+# deliveries is the broker's ceiling (docs/performance.md). A queue consumed with a
+# small prefetch (or few handlers at once) waits for a quarter of it, so neither the
+# broker nor the handlers' slots are left waiting on acks held back for a batch.
+ACK_BATCH = 25
+LINGER_S = 0.002
+
+
+def batch_for(prefetch: int) -> int:
+    """Finished deliveries a flush waits for on a channel with this prefetch (0: none)."""
+    return ACK_BATCH if prefetch <= 0 else max(1, min(ACK_BATCH, prefetch // 4))
+
 
 class _Window:
     # No reference to the channel here: the windows are weakly keyed by it.
-    __slots__ = ("coalesce", "finished", "flushed", "mark", "settled", "task")
+    __slots__ = ("batch", "coalesce", "finished", "flushed", "full", "mark", "settled", "task")
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.full: asyncio.Future[None] | None = None  # set when `batch` have finished
         self.mark = 0
         self.finished: list[int] = []  # handled since the last flush, not yet acked
         self.settled: set[int] = set()  # above the mark: acked or nacked already
@@ -69,6 +84,12 @@ class AckBatcher:
 
     def __init__(self) -> None:
         self._windows: weakref.WeakKeyDictionary[Any, _Window] = weakref.WeakKeyDictionary()
+        self._batches: dict[str, int] = {}
+
+    def expect(self, queue: str, holders: int) -> None:
+        """At most `holders` deliveries from `queue` can be unacked or running at once
+        (its prefetch, or the handlers' concurrency if lower): it sizes their batches."""
+        self._batches[queue] = batch_for(holders)
 
     @property
     def pending(self) -> int:
@@ -87,8 +108,12 @@ class AckBatcher:
             raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
         window = self._windows.get(channel)
         if window is None:
-            window = self._windows[channel] = _Window()
+            batch = self._batches.get(delivery.queue, 1)
+            window = self._windows[channel] = _Window(batch)
         window.finished.append(tag)
+        full = window.full
+        if full is not None and len(window.finished) >= window.batch and not full.done():
+            full.set_result(None)
         if window.flushed is None:
             window.flushed = asyncio.get_running_loop().create_future()
         flushed = window.flushed
@@ -111,6 +136,12 @@ class AckBatcher:
         # a second flush overtaking the first would ack a tag twice (a channel error).
         try:
             while window.flushed is not None:
+                if len(window.finished) < window.batch:
+                    try:
+                        await _linger(window)
+                    except asyncio.CancelledError:
+                        window.flushed.cancel()
+                        raise
                 flushed, window.flushed = window.flushed, None
                 try:
                     multiple, singles = window.plan()
@@ -129,3 +160,20 @@ class AckBatcher:
                     flushed.set_result(None)
         finally:
             window.task = None
+
+
+async def _linger(window: _Window) -> None:
+    """Wait until `window.batch` deliveries have finished, or LINGER_S has passed."""
+    loop = asyncio.get_running_loop()
+    full = window.full = loop.create_future()
+    timer = loop.call_later(LINGER_S, _set, full)
+    try:
+        await full
+    finally:
+        timer.cancel()
+        window.full = None
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

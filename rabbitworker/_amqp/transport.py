@@ -213,13 +213,16 @@ class AmqpTransport:
         *,
         prefetch: int,
         on_closed: OnChannelClosed | None = None,
+        concurrency: int | None = None,
     ) -> Consumer:
         connection = self.connection
+        holders = prefetch if not concurrency else min(prefetch or concurrency, concurrency)
 
         async def start() -> AmqpConsumer:
             channel = connection.channel(publisher_confirms=False)
             await channel
             consumer = AmqpConsumer(queue, channel)
+            self.acks.expect(queue, holders)
             await consumer.start(on_delivery, self.acks, prefetch=prefetch, on_closed=on_closed)
             self._channels.append(channel)
             return consumer

@@ -3,27 +3,28 @@ validated against the app's message types before anything is sent."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from ..app import App
+from ..bulk import DEFAULT_WINDOW
 from ..errors import RemoteError
 from ..message import encode_reply
+from .bulk import publish_file
 from .common import AppOpt, UrlOpt, fail, friendly, get_app, run_async
 
 __all__ = ["call_cmd", "publish_cmd", "topology"]
 
-KeyArg = Annotated[
-    str,
-    typer.Argument(
-        metavar="ROUTING_KEY", help="the message type's routing key", show_default=False
-    ),
-]
-PayloadArg = Annotated[
-    str, typer.Argument(metavar="JSON", help="the message as JSON", show_default=False)
-]
+_KEY = typer.Argument(
+    metavar="ROUTING_KEY", help="the message type's routing key", show_default=False
+)
+_PAYLOAD = typer.Argument(metavar="JSON", help="the message as JSON", show_default=False)
+KeyArg = Annotated[str, _KEY]
+PayloadArg = Annotated[str, _PAYLOAD]
 
 
 def validate(app: App, routing_key: str, payload: str) -> Any:
@@ -46,10 +47,27 @@ def topology(app_path: AppOpt = None) -> None:
     typer.echo(get_app(app_path, None).topology().describe())
 
 
+FileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        exists=True,
+        dir_okay=False,
+        help='publish every row of a JSON Lines file: {"routing_key": ..., "body": {...}}',
+        show_default=False,
+    ),
+]
+WindowOpt = Annotated[
+    int, typer.Option(min=1, help="with --file: unconfirmed messages in flight at most")
+]
+
+
 @friendly
 def publish_cmd(
-    routing_key: KeyArg,
-    payload: PayloadArg,
+    routing_key: Annotated[str | None, _KEY] = None,
+    payload: Annotated[str | None, _PAYLOAD] = None,
+    file: FileOpt = None,
+    window: WindowOpt = DEFAULT_WINDOW,
     app_path: AppOpt = None,
     url: UrlOpt = None,
     delay: Annotated[
@@ -62,8 +80,16 @@ def publish_cmd(
         ),
     ] = None,
 ) -> None:
-    """Publish one message and print its id once the broker confirmed it."""
+    """Publish one message and print its id once the broker confirmed it; with
+    --file, every row of the file, printing each row's line and message id."""
     app = get_app(app_path, url)
+    if file is not None:
+        if routing_key is not None or payload is not None:
+            fail("give either ROUTING_KEY JSON or --file, not both")
+        asyncio.run(publish_file(app, file, window=window, delay=delay))
+        return
+    if routing_key is None or payload is None:
+        fail("give ROUTING_KEY and JSON, or --file rows.jsonl")
     msg = validate(app, routing_key, payload)
     typer.echo(run_async(app, lambda: app.publish(msg, delay=delay)))
 

@@ -129,6 +129,7 @@ class MemoryTransport:
         *,
         prefetch: int,
         on_closed: OnChannelClosed | None = None,
+        concurrency: int | None = None,  # acks are settled at once: nothing to size
     ) -> Consumer:
         self._check()
         consumer = await self.broker.at_home(

@@ -171,6 +171,7 @@ class Worker:
                 functools.partial(dispatch.on_work, queue),
                 prefetch=self.prefetch,
                 on_closed=on_closed,
+                concurrency=self.concurrency,
             )
         )
         intake = SuspectIntake(
