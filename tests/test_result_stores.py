@@ -85,3 +85,47 @@ async def test_an_entry_is_gone_after_its_ttl(store: ResultStore) -> None:
     while await store.load(mid) is not None:
         assert time.monotonic() < deadline, "the entry outlived its ttl"
         await asyncio.sleep(0.05)
+
+
+async def test_redis_writes_queued_statuses_in_order_leaving_out_replaced_ones(
+    redis_url: str,
+) -> None:
+    from rabbitworker.results.redis import RedisResultStore
+    from rabbitworker.results.store import SaveQueue
+
+    store = open_store(redis_url)
+    assert isinstance(store, RedisResultStore) and isinstance(store, SaveQueue)
+    sent: list[list[str]] = []
+    script_args = store._script_args
+
+    def recording(batch: list[tuple[TaskStatus, float]]) -> tuple[list[str], list[object]]:
+        sent.append([s.state.value for s, _ in batch])
+        return script_args(batch)
+
+    store._script_args = recording  # type: ignore[method-assign]
+    try:
+        ok, late, replay = (uuid.uuid4().hex for _ in range(3))
+        waiting = asyncio.ensure_future(store.wait(ok, timeout=10))
+        await asyncio.sleep(0.1)  # the reader subscribes (not a synchronisation)
+        # One turn of the loop: a started then its final state; a final state then a
+        # late started; a final state then a replay's started (newer: kept).
+        started = store.enqueue(status(ok, State.STARTED), ttl=60)
+        finals = [
+            store.enqueue(status(ok, State.SUCCEEDED, result=7), ttl=60),
+            store.enqueue(status(late, State.FAILED), ttl=60),
+            store.enqueue(status(late, State.STARTED), ttl=60),
+            store.enqueue(status(replay, State.FAILED), ttl=60),
+            store.enqueue(status(replay, State.STARTED, replays=1), ttl=60),
+        ]
+        await asyncio.gather(started, *finals)
+        assert sent[-1] == ["succeeded", "failed", "failed", "started"]
+        woke = await asyncio.wait_for(waiting, 1)
+        assert woke is not None and (woke.state, woke.result) == (State.SUCCEEDED, 7)
+        states = [await store.load(mid) for mid in (ok, late, replay)]
+        assert [s.state if s else None for s in states] == [
+            State.SUCCEEDED,
+            State.FAILED,
+            State.STARTED,
+        ]
+    finally:
+        await store.close()

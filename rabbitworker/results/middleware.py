@@ -1,5 +1,6 @@
 """The worker's side of the results backend, as middleware: a tracked message is
-`started` when its handler starts, and its final state (`succeeded` with the result,
+`started` when its handler starts (queued without waiting when the store keeps its
+saves in order), and its final state (`succeeded` with the result,
 `retrying`, `failed`) is written after its follow-ups are confirmed and before it
 is acked, so a worker killed in between runs it again rather than losing its result.
 A worker adds it by itself when its app has a results store."""
@@ -39,7 +40,7 @@ class ResultTracking(Middleware):
         ctx.state[_TTL] = ttl
         started = self.tracker.started(ctx)
         ctx.state[_STARTED] = started.started_at
-        await self.tracker.write(started, ttl)
+        await self.tracker.write_started(started, ttl)
 
     async def after_process(self, ctx: Context, result: Any, error: BaseException | None) -> None:
         if _TTL not in ctx.state or error is not None:

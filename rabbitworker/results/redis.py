@@ -3,7 +3,10 @@ a hash per message id with its rank and status, written by a script that keeps t
 newest, and a pub/sub message per final state that wakes the readers waiting for it.
 
 Saves made in the same turn of the event loop (a busy worker settles many messages
-per turn) go out together, as one script call: one round trip instead of one each."""
+per turn) go out together, as one script call: one round trip instead of one each.
+Within a batch, a state that a later one of the same message replaces (a `started`
+followed by its `succeeded`) is left out: the script is atomic, so no reader could
+have seen it, and it is neither encoded nor sent."""
 
 from __future__ import annotations
 
@@ -58,7 +61,8 @@ class RedisResultStore:
         self._reader: asyncio.Task[None] | None = None
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._subscribe_lock = asyncio.Lock()
-        self._batch: list[tuple[str, list[Any]]] = []
+        self._batch: list[tuple[TaskStatus, float]] = []
+        self._in_batch: dict[str, int] = {}  # message id -> its newest entry in the batch
         self._written: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
 
@@ -69,34 +73,60 @@ class RedisResultStore:
         return f"{self.prefix}done:{message_id}"
 
     async def save(self, status: TaskStatus, ttl: float) -> None:
-        args = [
-            status.model_dump_json(),
-            status.rank,
-            max(1, int(ttl * 1000)),
-            "1" if status.state.final else "0",
-            self._channel(status.message_id),
-        ]
-        self._batch.append((self._key(status.message_id), args))
+        await asyncio.shield(self.enqueue(status, ttl))
+
+    def enqueue(self, status: TaskStatus, ttl: float) -> asyncio.Future[None]:
+        """Queue `status` behind every save queued before it, without waiting: the
+        future is done when it is written (or failed). Do not cancel it: it is shared."""
+        self._add(status, ttl)
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
-        written = self._written
         if self._writer is None:
             # Its first step runs on the next turn of the loop: by then every save
             # of this turn has joined the batch.
             self._writer = asyncio.ensure_future(self._write())
-        await asyncio.shield(written)
+        return self._written
+
+    def _add(self, status: TaskStatus, ttl: float) -> None:
+        """Add to the batch what the script would not drop at once: a non-final state
+        that the next one of its message replaces is left out (it would be written and
+        overwritten in the same atomic call, unseen and without a notification)."""
+        index = self._in_batch.get(status.message_id)
+        if index is not None:
+            queued = self._batch[index][0]
+            if not queued.state.final and status.rank >= queued.rank:
+                self._batch[index] = (status, ttl)
+                return
+            if not status.state.final and status.rank < queued.rank:
+                return  # older news than what is already queued: the script would drop it
+        self._in_batch[status.message_id] = len(self._batch)
+        self._batch.append((status, ttl))
+
+    def _script_args(self, batch: list[tuple[TaskStatus, float]]) -> tuple[list[str], list[Any]]:
+        keys: list[str] = []
+        args: list[Any] = []
+        for status, ttl in batch:
+            keys.append(self._key(status.message_id))
+            final = status.state.final
+            args += (
+                status.model_dump_json(),
+                status.rank,
+                max(1, int(ttl * 1000)),
+                "1" if final else "0",
+                self._channel(status.message_id) if final else "",
+            )
+        return keys, args
 
     async def _write(self) -> None:
         """Write batches until none is waiting; one at a time, in order."""
         try:
             while self._written is not None:
                 batch, self._batch = self._batch, []
+                self._in_batch = {}
                 written, self._written = self._written, None
                 try:
-                    await self._save(
-                        keys=[key for key, _ in batch],
-                        args=[arg for _, args in batch for arg in args],
-                    )
+                    keys, args = self._script_args(batch)
+                    await self._save(keys=keys, args=args)
                 except Exception as exc:
                     written.set_exception(exc)
                     written.exception()  # each saver raises it; the future itself is handled

@@ -1,14 +1,16 @@
-"""The `ResultStore` protocol every results backend implements, and `open_store`,
-which picks one from a URL (the drivers are optional extras)."""
+"""The `ResultStore` protocol every results backend implements, `SaveQueue` which a
+store that writes its saves in order may add, and `open_store`, which picks one from
+a URL (the drivers are optional extras)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol, runtime_checkable
 
 from ..errors import ConfigurationError
 from .status import TaskStatus
 
-__all__ = ["ResultStore", "open_store"]
+__all__ = ["ResultStore", "SaveQueue", "open_store"]
 
 
 @runtime_checkable
@@ -29,6 +31,19 @@ class ResultStore(Protocol):
     async def wait(self, message_id: str, timeout: float) -> TaskStatus | None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SaveQueue(Protocol):
+    """A store that writes its saves in the order they are queued.
+
+    `enqueue` queues a status behind every save queued (or `save`d) before it,
+    without waiting, and returns a future done once it is written (or with the
+    error); the future may be shared, so it must not be cancelled. A worker queues
+    its `started` statuses this way instead of waiting before each handler.
+    """
+
+    def enqueue(self, status: TaskStatus, ttl: float) -> asyncio.Future[None]: ...
 
 
 def open_store(spec: str | ResultStore) -> ResultStore:

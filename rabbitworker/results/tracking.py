@@ -5,6 +5,7 @@ a result back (typed, or as `RemoteError`) is here too."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from ..errors import ConfigurationError, MessageTooLarge, RemoteError, RPCTimeou
 from ..message import reply_adapter
 from ..wire import attempt_of, replays_of, results_ttl_of
 from .status import ErrorInfo, State, TaskStatus, WorkerInfo
-from .store import ResultStore
+from .store import ResultStore, SaveQueue
 
 if TYPE_CHECKING:
     from ..context import Context
@@ -61,6 +62,7 @@ class Tracker:
         self.worker = WorkerInfo.here()
         self.failed_writes = 0
         self._task_ttls: dict[str, float | None] = {}
+        self._queue = store if isinstance(store, SaveQueue) else None
 
     def ttl_for(self, message_type: str, headers: dict[str, Any]) -> float | None:
         """How long to keep this message's status: its producer's `x-results-ttl`,
@@ -82,16 +84,37 @@ class Tracker:
                 await self.store.save(status, ttl)
             return True
         except Exception as exc:
-            self.failed_writes += 1
-            log.error(
-                "results store: could not save status %s of message %s (%s: %s); readers see "
-                "the previous status until it expires",
-                status.state.value,
-                status.message_id,
-                type(exc).__name__,
-                exc,
-            )
+            self._failed(status, exc)
             return False
+
+    async def write_started(self, status: TaskStatus, ttl: float) -> None:
+        """Save a `started` status. A store that writes its saves in order (a
+        `SaveQueue`) gets it queued and the handler does not wait for it: the final
+        state is saved after it, and waited for before the ack. Otherwise `write`."""
+        if self._queue is None:
+            await self.write(status, ttl)
+            return
+        try:
+            written = self._queue.enqueue(status, ttl)
+        except Exception as exc:
+            self._failed(status, exc)
+            return
+        written.add_done_callback(functools.partial(self._check, status))
+
+    def _check(self, status: TaskStatus, written: asyncio.Future[None]) -> None:
+        if not written.cancelled() and written.exception() is not None:
+            self._failed(status, written.exception())
+
+    def _failed(self, status: TaskStatus, exc: BaseException | None) -> None:
+        self.failed_writes += 1
+        log.error(
+            "results store: could not save status %s of message %s (%s: %s); readers see "
+            "the previous status until it expires",
+            status.state.value,
+            status.message_id,
+            type(exc).__name__,
+            exc,
+        )
 
     async def queued(self, message_id: str, message_type: str, ttl: float, at: datetime) -> None:
         status = TaskStatus(
