@@ -7,10 +7,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from conftest import eventually, queue_depth
 
 from rabbitworker import App, Context, TaskMessage
-from rabbitworker._amqp.acks import LINGER_S, AckBatcher, batch_for
+from rabbitworker._amqp import acks
+from rabbitworker._amqp.acks import AckBatcher, batch_for
 
 
 class FakeChannel:
@@ -52,24 +54,50 @@ async def test_acks_finished_in_one_turn_of_the_loop_go_out_as_one_multiple_ack(
     assert channel.frames == [(50, True)]
 
 
-async def test_acks_finishing_over_several_turns_wait_for_a_batch_of_a_quarter_prefetch() -> None:
+async def test_acks_finishing_over_several_turns_wait_for_a_batch_of_a_quarter_prefetch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A linger long enough that 25 turns of the loop always fit in it, even under
+    # coverage on a busy machine: the batches are then decided by count alone.
+    monkeypatch.setattr(acks, "LINGER_S", 0.5)
     assert (batch_for(100), batch_for(1000), batch_for(8), batch_for(2)) == (25, 25, 2, 1)
     channel, batcher = FakeChannel(), AckBatcher()
     batcher.expect("q", 100)
     messages: list[Any] = [FakeMessage(channel, tag) for tag in range(1, 61)]
     acking = []
+    loop = asyncio.get_running_loop()
     for m in messages:  # one handler finishing per turn of the loop
         acking.append(asyncio.ensure_future(batcher.ack(m)))
         await asyncio.sleep(0)
-    await asyncio.gather(*acking)
-    # 25 and 50 in one frame each; the last 10 once LINGER_S has passed.
-    assert channel.frames == [(25, True), (50, True), (60, True)]
-    loop = asyncio.get_running_loop()
     started = loop.time()
-    lone: Any = FakeMessage(channel, 61)
-    await batcher.ack(lone)
+    await asyncio.gather(*acking)
+    # 25 and 50 in one frame each; the last 10 once the linger has passed.
+    assert channel.frames == [(25, True), (50, True), (60, True)]
+    assert loop.time() - started >= 0.4
+    # That linger ended short of a batch: for QUIET_S the acks go out at once.
+    started = loop.time()
+    await batcher.ack(FakeMessage(channel, 61))  # type: ignore[arg-type]
     assert channel.frames[-1] == (61, True)
-    assert loop.time() - started < LINGER_S + 0.5  # a lone ack waits no longer than that
+    assert loop.time() - started < 0.25
+
+
+async def test_after_quiet_s_a_flush_lingers_for_a_batch_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(acks, "LINGER_S", 0.2)
+    monkeypatch.setattr(acks, "QUIET_S", 0.3)
+    channel, batcher = FakeChannel(), AckBatcher()
+    batcher.expect("q", 100)
+    loop = asyncio.get_running_loop()
+    await batcher.ack(FakeMessage(channel, 1))  # type: ignore[arg-type]  # lingers, alone
+    quiet_from = loop.time()
+    await batcher.ack(FakeMessage(channel, 2))  # type: ignore[arg-type]  # quiet: at once
+    assert loop.time() - quiet_from < 0.15
+    await eventually(lambda: loop.time() - quiet_from > 0.3)
+    started = loop.time()
+    await batcher.ack(FakeMessage(channel, 3))  # type: ignore[arg-type]  # lingers again
+    assert loop.time() - started >= 0.15
+    assert channel.frames == [(1, True), (2, True), (3, True)]
 
 
 async def test_a_delivery_still_being_handled_is_never_covered_by_a_multiple_ack() -> None:

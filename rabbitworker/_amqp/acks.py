@@ -32,8 +32,13 @@ MAX_SETTLED_ABOVE_GAP = 65_536
 # deliveries is the broker's ceiling (docs/performance.md). A queue consumed with a
 # small prefetch (or few handlers at once) waits for a quarter of it, so neither the
 # broker nor the handlers' slots are left waiting on acks held back for a batch.
+# A linger that ends short of a batch means handlers finish too slowly for batches to
+# fill (20 ms handlers, say): each slot would only wait longer for its ack, and the
+# broker's prefetch credit with it. Acks then go out on the next turn of the loop, as
+# without lingering, for QUIET_S before a linger is tried again.
 ACK_BATCH = 25
 LINGER_S = 0.002
+QUIET_S = 0.1
 
 
 def batch_for(prefetch: int) -> int:
@@ -43,10 +48,14 @@ def batch_for(prefetch: int) -> int:
 
 class _Window:
     # No reference to the channel here: the windows are weakly keyed by it.
-    __slots__ = ("batch", "coalesce", "finished", "flushed", "full", "mark", "settled", "task")
+    __slots__ = (
+        "batch", "coalesce", "finished", "flushed", "full", "mark", "quiet_until", "settled",
+        "task",
+    )  # fmt: skip
 
     def __init__(self, batch: int) -> None:
         self.batch = batch
+        self.quiet_until = 0.0  # loop time before which a flush does not linger
         self.full: asyncio.Future[None] | None = None  # set when `batch` have finished
         self.mark = 0
         self.finished: list[int] = []  # handled since the last flush, not yet acked
@@ -163,8 +172,11 @@ class AckBatcher:
 
 
 async def _linger(window: _Window) -> None:
-    """Wait until `window.batch` deliveries have finished, or LINGER_S has passed."""
+    """Wait until `window.batch` deliveries have finished, or LINGER_S has passed; not
+    at all for QUIET_S after a linger that ended short of a batch."""
     loop = asyncio.get_running_loop()
+    if loop.time() < window.quiet_until:
+        return
     full = window.full = loop.create_future()
     timer = loop.call_later(LINGER_S, _set, full)
     try:
@@ -172,6 +184,8 @@ async def _linger(window: _Window) -> None:
     finally:
         timer.cancel()
         window.full = None
+    if len(window.finished) < window.batch:
+        window.quiet_until = loop.time() + QUIET_S
 
 
 def _set(future: asyncio.Future[None]) -> None:
