@@ -67,6 +67,12 @@ class Dispatcher:
         self._settled: dict[str, deque[str]] = {}
         # Deliveries cancelled with their work queue's channel, until it is reported.
         self._lost: dict[str, list[Held]] = {}
+        # Moves to a suspect queue under way: new work waits for them, so that a fresh
+        # message that kills the process cannot take a redelivered neighbour down with
+        # it a second time (the queue's own delivery limit counts every return).
+        self._moves = 0
+        self._no_moves = asyncio.Event()
+        self._no_moves.set()
 
     @property
     def waiting(self) -> list[asyncio.Task[Any]]:
@@ -91,7 +97,7 @@ class Dispatcher:
             await self.hand_back(delivery, queue)
             return
         if delivery.redelivered and not self.suspects.accounted_for(delivery):
-            await self._guarded(self.suspects.move(delivery, queue), delivery, queue)
+            await self._move(delivery, queue)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -104,8 +110,20 @@ class Dispatcher:
         finally:
             del self.held[task]
 
+    async def _move(self, delivery: Delivery, queue: str) -> None:
+        self._moves += 1
+        self._no_moves.clear()
+        try:
+            await self._guarded(self.suspects.move(delivery, queue), delivery, queue)
+        finally:
+            self._moves -= 1
+            if not self._moves:
+                self._no_moves.set()
+
     async def _run_shared(self, held: Held) -> None:
         delivery, queue = held.delivery, held.queue
+        if not self._no_moves.is_set():
+            await self._no_moves.wait()
         pacer = self.pacing.pacer(queue, delivery.type) if self.pacing is not None else None
         if not await self._enter(pacer):
             await self.hand_back(delivery, queue)  # cancelled by the drain
