@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aio_pika
 import pytest
@@ -232,6 +232,14 @@ async def start_worker() -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
     for worker, task in running:
         worker.stop()
         await asyncio.wait_for(task, timeout=30)
+
+
+def unavailable(message: str) -> NoReturn:
+    """A tool or service a test needs is missing: a failure on CI (CI=true), where
+    `.ci/run` provides everything; elsewhere the test is skipped, saying why."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
 
 
 async def eventually(

@@ -22,7 +22,7 @@ import aio_pika
 import httpx
 import pytest
 import uvicorn
-from conftest import APPS, ROOT
+from conftest import APPS, ROOT, unavailable
 
 from rabbitworker import App, TaskMessage
 from rabbitworker.dashboard import create_dashboard
@@ -127,10 +127,7 @@ def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    message = "no Chromium for the browser test: apt-get install -y chromium"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    unavailable("no Chromium for the browser test: apt-get install -y chromium")
 
 
 @contextlib.contextmanager

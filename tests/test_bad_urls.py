@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from cli_process import Run, rabbitworker
-from conftest import APPS, ROOT
+from conftest import APPS, ROOT, unavailable
 
 # Long, so that failing "at once" cannot be mistaken for giving up at the deadline.
 PERMANENT_CONNECT_TIMEOUT = 20.0
@@ -52,7 +52,7 @@ def rabbitmqctl(*args: str) -> None:
 @pytest.fixture(scope="module")
 def users(broker_url: str) -> Iterator[Users]:
     if shutil.which("rabbitmqctl") is None:
-        pytest.skip("needs rabbitmqctl on this machine to create broker users")
+        unavailable("needs rabbitmqctl on this machine to create broker users")
     parts = urlsplit(broker_url)
     marker = uuid.uuid4().hex
     made = Users(
