@@ -26,7 +26,12 @@ from nodes import (  # noqa: F401  (fixtures for extra RabbitMQ nodes and a clus
 from proxy import Proxy
 
 from rabbitworker import App, Worker
-from rabbitworker.topology import delay_queue_name, retry_queue_name, suspect_queue_name
+from rabbitworker.topology import (
+    beat_state_queue_spec,
+    delay_queue_name,
+    retry_queue_name,
+    suspect_queue_name,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -165,6 +170,19 @@ async def delete_topology(url: str, exchange: str, queues: list[str]) -> None:
                     await channel.close()
     finally:
         await connection.close()
+
+
+@pytest.fixture
+async def beat_app_cleanup(broker_url: str, prefix: str) -> AsyncIterator[None]:
+    """Deletes what tests/apps/beat_app.py declares, its beat's state queues included."""
+    yield
+    exchange = f"{prefix}.x"
+    await delete_topology(broker_url, exchange, [f"{prefix}.ticks", f"{prefix}.reports"])
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        for schedule in ("tick", "nightly-report"):
+            channel = await connection.channel()
+            await channel.queue_delete(beat_state_queue_spec(exchange, schedule).name)
 
 
 _DELAYS: set[int] = set()

@@ -9,7 +9,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from conftest import (
     APPS,
     ROOT,
     WorkerProcess,
-    delete_topology,
     eventually,
     get_all,
     read_record,
@@ -59,18 +58,6 @@ def beat_process(
         proc.stop()
 
 
-@pytest.fixture
-async def cleanup(broker_url: str, prefix: str) -> AsyncIterator[None]:
-    yield
-    exchange = f"{prefix}.x"
-    await delete_topology(broker_url, exchange, [f"{prefix}.ticks", f"{prefix}.reports"])
-    connection = await aio_pika.connect(broker_url)
-    async with connection:
-        for schedule in ("tick", "nightly-report"):
-            channel = await connection.channel()
-            await channel.queue_delete(beat_state_queue_spec(exchange, schedule).name)
-
-
 def published(proc: WorkerProcess) -> list[str]:
     return PUBLISHED.findall(proc.output)
 
@@ -86,7 +73,7 @@ async def test_two_beats_publish_each_tick_once_and_a_standby_takes_over_a_kille
     beat_process: Callable[[str], WorkerProcess],
     amqp: aio_pika.abc.AbstractRobustConnection,
     prefix: str,
-    cleanup: None,
+    beat_app_cleanup: None,
 ) -> None:
     leader = beat_process("leader")
     await until(lambda: "beat: leading" in leader.output, 20)
@@ -159,7 +146,7 @@ async def test_a_new_leader_reads_the_last_tick_from_the_broker_and_catches_up(
 
 
 async def test_a_worker_run_with_beat_publishes_and_handles_the_ticks(
-    worker_process: Any, tmp_path: Path, cleanup: None
+    worker_process: Any, tmp_path: Path, beat_app_cleanup: None
 ) -> None:
     worker = worker_process("--app", "beat_app:app", "--beat")
     worker.wait_consuming()

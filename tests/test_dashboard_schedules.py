@@ -8,14 +8,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import aio_pika
 import httpx
-import pytest
-from conftest import APPS, ROOT, WorkerProcess, delete_topology, eventually
+from conftest import APPS, ROOT, WorkerProcess, eventually
 from dashboard_support import (  # noqa: F401  (fixture)
     DashboardProcess,
     board_app,
@@ -24,21 +23,9 @@ from dashboard_support import (  # noqa: F401  (fixture)
 )
 
 from rabbitworker import App
-from rabbitworker.topology import beat_leader_queue_name, beat_state_queue_spec
+from rabbitworker.topology import beat_leader_queue_name
 
 LEADER = re.compile(r'data-leader="(\w+)"')
-
-
-@pytest.fixture
-async def cleanup(broker_url: str, prefix: str) -> AsyncIterator[None]:
-    yield
-    exchange = f"{prefix}.x"
-    await delete_topology(broker_url, exchange, [f"{prefix}.ticks", f"{prefix}.reports"])
-    connection = await aio_pika.connect(broker_url)
-    async with connection:
-        for schedule in ("tick", "nightly-report"):
-            channel = await connection.channel()
-            await channel.queue_delete(beat_state_queue_spec(exchange, schedule).name)
 
 
 def leader(board: DashboardProcess) -> str:
@@ -67,7 +54,7 @@ async def test_the_schedules_page_lists_next_runs_and_whether_a_beat_leads(
     broker_url: str,
     prefix: str,
     tmp_path: Path,
-    cleanup: None,
+    beat_app_cleanup: None,
 ) -> None:
     board = start_dashboard("--app", "beat_app:app")
     page = httpx.get(f"{board.base}/schedules", timeout=10).text
