@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
 from nodes import NodeError, RabbitCluster, RabbitNode  # noqa: E402
-from soak import Record, children_of  # noqa: E402
+from soak import Record, stop_supervisor  # noqa: E402
 
 __all__ = ["main"]
 
@@ -164,19 +163,6 @@ async def watch(record: Record, run: Run, publishing: asyncio.Task[Any], stall: 
             return 3
 
 
-async def stop(supervisor: subprocess.Popen[bytes]) -> None:
-    if supervisor.poll() is not None:
-        return
-    supervisor.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.to_thread(supervisor.wait, 60)
-    except subprocess.TimeoutExpired:
-        for child in children_of(supervisor.pid):
-            os.kill(child, signal.SIGKILL)
-        supervisor.kill()
-        supervisor.wait()
-
-
 def worker_lines(log_path: Path) -> tuple[list[str], int, int]:
     """The workers' outage lines, their WARNING/ERROR line count, and restarts."""
     lines = log_path.read_text(errors="replace").splitlines()
@@ -207,7 +193,7 @@ async def soak(args: argparse.Namespace) -> int:
             await led(cluster, soak_app.QUEUE, timeout=60)
             code = await drive(cluster, soak_app, record, run, args)
         finally:
-            await stop(supervisor)
+            await stop_supervisor(supervisor)
         record.refresh()
     return report(run, record, logs, workdir, code, time.monotonic() - started)
 

@@ -90,6 +90,21 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+async def stop_supervisor(supervisor: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a `rabbitworker run` supervisor and wait for its drain; after 60 s,
+    SIGKILL it and its workers."""
+    if supervisor.poll() is not None:
+        return
+    supervisor.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.to_thread(supervisor.wait, 60)
+    except subprocess.TimeoutExpired:
+        for child in children_of(supervisor.pid):
+            os.kill(child, signal.SIGKILL)
+        supervisor.kill()
+        supervisor.wait()
+
+
 async def publish_all(app: Any, job: Any, n: int, window: int) -> set[str]:
     """Publish n jobs with ids "0".."n-1", `window` confirms in flight at once."""
     ids = [str(i) for i in range(n)]
@@ -288,15 +303,7 @@ async def run_workers(
         if background:
             await asyncio.wait(background)
     finally:
-        if supervisor.poll() is None:
-            supervisor.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(supervisor.wait, 60)
-            except subprocess.TimeoutExpired:
-                for child in children_of(supervisor.pid):
-                    os.kill(child, signal.SIGKILL)
-                supervisor.kill()
-                supervisor.wait()
+        await stop_supervisor(supervisor)
         log.close()
     restarts = log_path.read_text(errors="replace").count("restarting in")
     return code, consume_time, restarts
