@@ -18,6 +18,7 @@ __all__ = [
     "Topology",
     "beat_leader_queue_name",
     "beat_state_queue_spec",
+    "broker_delivery_limit",
     "build_topology",
     "dead_letter_exchange_name",
     "dead_letter_queue_name",
@@ -212,6 +213,19 @@ def delay_queue_spec(exchange: str, delay_ms: int, queue_type: QueueType) -> Que
     )
 
 
+# The quorum queues' own `x-delivery-limit` never goes below this. The worker counts
+# the crashes a message causes itself (alone, on the suspect queue); the broker counts
+# every return, also those of the innocent neighbours a dying process held, so its
+# limit is only a backstop (for a message that kills a process before the worker can
+# move it) and must leave room for a neighbour returned by more than one crash.
+BROKER_DELIVERY_LIMIT_FLOOR = 20
+
+
+def broker_delivery_limit(delivery_limit: int) -> int:
+    """The `x-delivery-limit` of a work queue and its suspect queue."""
+    return max(delivery_limit, BROKER_DELIVERY_LIMIT_FLOOR)
+
+
 def work_queue_specs(
     exchange: str,
     queue: str,
@@ -228,7 +242,7 @@ def work_queue_specs(
         queue_type,
         dead_letter_exchange=dlx,
         dead_letter_routing_key=queue,
-        delivery_limit=delivery_limit,
+        delivery_limit=broker_delivery_limit(delivery_limit),
     )
     return [
         QueueSpec(
