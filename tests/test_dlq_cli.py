@@ -210,32 +210,40 @@ async def test_a_dead_letter_is_replayed_to_the_queue_of_its_dead_letter_queue_w
 ) -> None:
     record = tmp_path / "handled.txt"
     async with app_module("failures_cli", prefix=prefix, record=record, broker_url=broker_url) as m:
-        queue = m.name("jobs")
         channel = await amqp.channel()
         victim = await channel.declare_queue(f"{prefix}.victim", auto_delete=True)
-        async with m.app:
-            pass
-        # A producer can write any x-original-queue header; replay must not follow it.
-        await forge_dead_letter(
-            amqp, queue, "forged", **{"x-original-queue": victim.name, "x-error-type": "Forged"}
-        )
-        await eventually(lambda: dead_letters_are(amqp, queue, 1))
+        try:
+            await replay_a_forged_dead_letter(amqp, broker_url, prefix, record, m, victim.name)
+        finally:
+            await victim.delete()  # never consumed, so auto-delete would not remove it
+            await channel.close()
 
-        result = await run_cli(
-            "dlq", "replay", "--id", "forged", "--app", "failures_cli:app", "--queue", queue,
-            broker_url=broker_url, prefix=prefix, record=record,
-        )  # fmt: skip
 
-        assert (result.code, result.stderr) == (0, "")
-        assert result.stdout.strip() == f"replayed 1 message(s) to {queue}"
-        [replayed] = await get_all(amqp, queue)
-        assert replayed.message_id == "forged"
-        headers = replayed.headers or {}
-        assert "x-original-queue" not in headers and "x-error-type" not in headers
-        assert (headers["x-attempt"], headers["x-replayed"]) == (1, True)
-        assert await queue_depth(amqp, victim.name) == 0
-        assert await dead_letters_are(amqp, queue, 0)
-        await channel.close()
+async def replay_a_forged_dead_letter(
+    amqp: Any, broker_url: str, prefix: str, record: Path, m: Any, victim: str
+) -> None:
+    queue = m.name("jobs")
+    async with m.app:
+        pass
+    # A producer can write any x-original-queue header; replay must not follow it.
+    forged: dict[str, Any] = {"x-original-queue": victim, "x-error-type": "Forged"}
+    await forge_dead_letter(amqp, queue, "forged", **forged)
+    await eventually(lambda: dead_letters_are(amqp, queue, 1))
+
+    result = await run_cli(
+        "dlq", "replay", "--id", "forged", "--app", "failures_cli:app", "--queue", queue,
+        broker_url=broker_url, prefix=prefix, record=record,
+    )  # fmt: skip
+
+    assert (result.code, result.stderr) == (0, "")
+    assert result.stdout.strip() == f"replayed 1 message(s) to {queue}"
+    [replayed] = await get_all(amqp, queue)
+    assert replayed.message_id == "forged"
+    headers = replayed.headers or {}
+    assert "x-original-queue" not in headers and "x-error-type" not in headers
+    assert (headers["x-attempt"], headers["x-replayed"]) == (1, True)
+    assert await queue_depth(amqp, victim) == 0
+    assert await dead_letters_are(amqp, queue, 0)
 
 
 @pytest.mark.parametrize(
