@@ -70,7 +70,8 @@ async def test_a_segfaulting_message_is_dead_lettered_and_its_200_neighbours_are
     assert {int(line[1]) for line in runs(tmp_path, "handled")} == ordinary
     assert await queue_depth(amqp, queue) == 0
     assert await queue_depth(amqp, suspect_queue_name(queue)) == 0
-    assert supervisor.output.count("was killed by SIGSEGV; restarting") == 4
+    # The supervisor may report the last death after the other process dead-lettered it.
+    await eventually(lambda: supervisor.output.count("was killed by SIGSEGV; restarting") == 4)
     assert took < 45, f"took {took:.1f} s"
 
 
@@ -121,7 +122,10 @@ async def test_a_message_whose_worker_died_before_its_ack_runs_again_but_is_neve
     assert killer_ids - killed <= moved
     handled_ids = [line[2] for line in runs(tmp_path, "handled")]
     assert all(handled_ids.count(i) >= 2 for i in killed)
-    assert supervisor.output.count("was killed by SIGKILL; restarting") == len(killed)
+    # The supervisor may report the last death after the other process ran its message.
+    await eventually(
+        lambda: supervisor.output.count("was killed by SIGKILL; restarting") == len(killed)
+    )
 
 
 @pytest.mark.parametrize(("delivery_limit", "broker_limit"), [(1, 20), (3, 20), (20, 20), (50, 50)])

@@ -6,7 +6,10 @@ A nack is taken for a broker that cannot take the message yet (a quorum queue be
 two leaders, after a cluster node died) rather than a refusal: the message is sent
 again, on a fresh channel, until the publish timeout. RabbitMQ 3.10 goes on nacking,
 on a channel whose first publish to a quorum queue came while the queue's leader was
-dead, every later publish to that queue until the channel is closed."""
+dead, every later publish to that queue until the channel is closed; and a publish sent
+while the leader is being elected can go unconfirmed for good. So for a while after a
+reconnect a confirm is waited for a few seconds at a time: one not back by then is
+sent again on a fresh channel, within the publish timeout (a duplicate at worst)."""
 
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ log = logging.getLogger("rabbitworker.publisher")
 _RESEND_PAUSE = 0.05
 _NACK_PAUSE = 0.2  # a new quorum queue leader is elected in about 0.4 s
 _RECYCLE_EVERY = 0.5  # at most one fresh channel per this many seconds
+_SETTLING_S = 30.0  # after a reconnect, a cluster may still be electing queue leaders
+_SETTLING_CONFIRM_S = 3.0  # meanwhile, a confirm not back in this long is asked again
 
 
 def _where(exchange: str, routing_key: str) -> str:
@@ -56,6 +61,29 @@ class ConfirmedChannel:
         self._declare_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self._recycled_at = 0.0
+        self._reconnected_at = -_SETTLING_S
+        connection.reconnect_callbacks.add(self._on_reconnect)
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self._reconnected_at = time.monotonic()
+
+    def _attempt_timeout(self, deadline: float) -> float:
+        """How long to wait for one attempt's confirm: all the time left, but only a
+        few seconds at a time while the cluster may be settling (see the module doc)."""
+        left = max(0.001, deadline - time.monotonic())
+        if time.monotonic() - self._reconnected_at < _SETTLING_S:
+            return min(left, _SETTLING_CONFIRM_S)
+        return left
+
+    def _confirm_lost(self, exc: BaseException, deadline: float) -> bool:
+        """Whether `exc` is a confirm that did not come back while the cluster may be
+        settling, with time left to send the message again."""
+        return (
+            isinstance(exc, TimeoutError)
+            and not is_blocked(self.connection)
+            and time.monotonic() - self._reconnected_at < _SETTLING_S
+            and time.monotonic() < deadline
+        )
 
     @staticmethod
     def _settling(exc: BaseException) -> bool:
@@ -71,8 +99,10 @@ class ConfirmedChannel:
         self._recycled_at = time.monotonic()
         log.debug("a nack: publishing on a fresh channel")
         try:
-            underlay = await self.channel.get_underlay_channel()
-            await underlay.close()
+            # Bounded: a broker that lost a confirm may not answer the close either.
+            async with asyncio.timeout(_RECYCLE_EVERY):
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.close()
         except Exception as exc:  # closed meanwhile: the robust channel reopens anyway
             log.debug("closing the publishing channel: %s", exc)
 
@@ -120,7 +150,7 @@ class ConfirmedChannel:
                 routing_key=routing_key,
                 properties=amqp_properties,
                 mandatory=mandatory,
-                timeout=self.timeout,
+                timeout=self._attempt_timeout(started + self.timeout),
                 wait=False,
             )
             return
@@ -129,17 +159,20 @@ class ConfirmedChannel:
             if error is None:
                 raise
             again = resend and not rpc and not self._closed.is_set()
-            if not await self._worth_resending(exc, error) or not again:
+            if not await self._worth_resending(exc, error, started + self.timeout) or not again:
                 raise error from exc
             first = error
         await self._resend(
             exchange, routing_key, body, amqp_properties, mandatory, started + self.timeout, first
         )
 
-    async def _worth_resending(self, exc: BaseException, error: RabbitWorkerError) -> bool:
-        """Whether `exc` (mapped to `error`) is a lost connection or a nack, after which
-        the message is sent again; on a nack, on a fresh channel (see the module doc)."""
-        if self._settling(exc):
+    async def _worth_resending(
+        self, exc: BaseException, error: RabbitWorkerError, deadline: float
+    ) -> bool:
+        """Whether `exc` (mapped to `error`) is a lost connection, a nack or a lost
+        confirm, after which the message is sent again; after a nack or a lost confirm,
+        on a fresh channel (see the module doc)."""
+        if self._settling(exc) or self._confirm_lost(exc, deadline):
             await self._recycle()
             return True
         return isinstance(error, ConnectionFailed) and not error.permanent
@@ -194,14 +227,14 @@ class ConfirmedChannel:
                     routing_key=routing_key,
                     properties=properties,
                     mandatory=mandatory,
-                    timeout=max(0.001, deadline - time.monotonic()),
+                    timeout=self._attempt_timeout(deadline),
                 )
                 return
             except ConnectionFailed as exc:
                 error = exc
                 break
             except Exception as exc:
-                error = await self._resend_error(exc, where)
+                error = await self._resend_error(exc, where, deadline)
                 pause = _NACK_PAUSE if isinstance(error, NotConfirmed) else _RESEND_PAUSE
             if time.monotonic() >= deadline:
                 break
@@ -216,13 +249,13 @@ class ConfirmedChannel:
             "was not confirmed"
         ) from error
 
-    async def _resend_error(self, exc: Exception, where: str) -> RabbitWorkerError:
+    async def _resend_error(self, exc: Exception, where: str, deadline: float) -> RabbitWorkerError:
         """What a failed resend means: another try (the error is returned) when the
         connection was lost or the cluster is settling; raised otherwise."""
         mapped = self._error(exc, where)
         if mapped is None:
             raise exc
-        if self._settling(exc):
+        if self._settling(exc) or self._confirm_lost(exc, deadline):
             await self._recycle()
             return mapped
         if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
