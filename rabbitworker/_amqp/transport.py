@@ -244,6 +244,22 @@ class AmqpTransport:
         channel.close_callbacks.add(closed)
         await self._setup(self.connection, "consume RPC replies", start)
 
+    async def acks_taken(self) -> None:
+        """A round trip on each consuming channel: the broker handles a channel's
+        frames in order, so by the answer it has taken the acks written before."""
+        for channel in list(self._channels):
+            if channel.is_closed:
+                continue  # its unacked deliveries are going back anyway
+            try:
+                underlay = await channel.get_underlay_channel()
+                await _answer(
+                    "wait for acks",
+                    underlay.exchange_declare("amq.direct", passive=True),
+                    timeout=self.publish_timeout,
+                )
+            except Exception as exc:  # lost meanwhile: what it held goes back anyway
+                log.debug("waiting for the acks on a consuming channel: %s", exc)
+
     @contextlib.asynccontextmanager
     async def browse(self, queue: str) -> AsyncIterator[_Browser]:
         """Take messages unacked; closing the channel returns whatever was not acked.

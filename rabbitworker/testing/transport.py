@@ -170,6 +170,10 @@ class MemoryTransport:
                 self._channels.remove(channel)
             self.broker.soon_at_home(lambda: self.broker.close_channel(channel))
 
+    async def acks_taken(self) -> None:
+        """Acks reach the in-memory broker as they are made: nothing to wait for."""
+        self._check()
+
     async def purge(self, queue: str) -> int:
         self._check()
         return await self.broker.at_home(lambda: self.broker.purge(queue))

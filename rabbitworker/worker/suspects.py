@@ -235,6 +235,10 @@ class SuspectIntake:
         async with self.gate.alone():
             if self._stopping:
                 return
+            # The acks of the moves (and of the handlers that just ran) must be in:
+            # should the suspect kill the process, a moved original whose ack was
+            # still on its way would come back as a second copy.
+            await self.transport.acks_taken()
             self.busy = True
             try:
                 async with self.transport.browse(self.name) as browser:
