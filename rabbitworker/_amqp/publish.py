@@ -67,13 +67,15 @@ class ConfirmedChannel:
     def _on_reconnect(self, *_: Any) -> None:
         self._reconnected_at = time.monotonic()
 
+    def _just_reconnected(self) -> bool:
+        """Whether the cluster may still be settling after a reconnect."""
+        return time.monotonic() - self._reconnected_at < _SETTLING_S
+
     def _attempt_timeout(self, deadline: float) -> float:
         """How long to wait for one attempt's confirm: all the time left, but only a
         few seconds at a time while the cluster may be settling (see the module doc)."""
         left = max(0.001, deadline - time.monotonic())
-        if time.monotonic() - self._reconnected_at < _SETTLING_S:
-            return min(left, _SETTLING_CONFIRM_S)
-        return left
+        return min(left, _SETTLING_CONFIRM_S) if self._just_reconnected() else left
 
     def _confirm_lost(self, exc: BaseException, deadline: float) -> bool:
         """Whether `exc` is a confirm that did not come back while the cluster may be
@@ -81,7 +83,7 @@ class ConfirmedChannel:
         return (
             isinstance(exc, TimeoutError)
             and not is_blocked(self.connection)
-            and time.monotonic() - self._reconnected_at < _SETTLING_S
+            and self._just_reconnected()
             and time.monotonic() < deadline
         )
 
@@ -97,7 +99,7 @@ class ConfirmedChannel:
         if time.monotonic() - self._recycled_at < _RECYCLE_EVERY:
             return
         self._recycled_at = time.monotonic()
-        log.debug("a nack: publishing on a fresh channel")
+        log.debug("a nack or a lost confirm: publishing on a fresh channel")
         try:
             # Bounded: a broker that lost a confirm may not answer the close either.
             async with asyncio.timeout(_RECYCLE_EVERY):
