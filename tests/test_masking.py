@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
-from conftest import APPS, ROOT, eventually, read_record
+from conftest import APPS, ROOT, eventually, read_record, unavailable
 
 from rabbitworker.logs import hide_password, mask_secrets
 from rabbitworker.urls import mask_url
@@ -42,7 +42,7 @@ def rabbitmqctl(*args: str) -> None:
 def broker_user(broker_url: str) -> Iterator[BrokerUser]:
     """A RabbitMQ user made for this test, deleted afterwards."""
     if shutil.which("rabbitmqctl") is None:
-        pytest.skip("needs rabbitmqctl on this machine to create a broker user")
+        unavailable("needs rabbitmqctl on this machine to create a broker user")
     parts = urlsplit(broker_url)
     marker = uuid.uuid4().hex
     user, password = f"rwt-mask-{marker[:8]}", f"Pw!{marker}"  # "!" is %21 in the URL
