@@ -1,4 +1,4 @@
-"""Failover soak: a 3-node RabbitMQ cluster of our own (tests/nodes.py), publishers and
+"""Failover soak: a 3-node RabbitMQ cluster of our own (tests/support/nodes.py), publishers and
 `rabbitworker run --processes 2` workers on the URL that names all three nodes, and the
 node that leads the work queue killed with SIGKILL mid-run and started again later.
 Compares the ids handled (recorded by benchmarks/soak_app.py) with those whose publish
@@ -33,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(HERE)]
 
-from nodes import NodeError, RabbitCluster, RabbitNode  # noqa: E402
 from soak import Record, stop_supervisor  # noqa: E402
+from support.nodes import NodeError, RabbitCluster, RabbitNode  # noqa: E402
 
 __all__ = ["main"]
 

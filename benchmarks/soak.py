@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import aio_pika  # noqa: E402
-from proxy import Proxy  # noqa: E402
+from support.proxy import Proxy  # noqa: E402
 
 __all__ = ["main"]
 

@@ -23,7 +23,7 @@ async def app_module(
     name: str, *, prefix: str, record: Path, broker_url: str
 ) -> AsyncIterator[ModuleType]:
     """Import tests/apps/<name>.py fresh with the test's prefix; delete its topology after."""
-    from conftest import delete_topology
+    from support import delete_topology
 
     saved = {k: os.environ.get(k) for k in ("RW_TEST_PREFIX", "RW_TEST_RECORD")}
     os.environ.update(RW_TEST_PREFIX=prefix, RW_TEST_RECORD=str(record))
