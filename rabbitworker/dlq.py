@@ -1,5 +1,6 @@
 """Dead-letter queue tooling: list, replay and purge what landed in `<queue>.dlq`,
-without losing anything (a replayed copy is confirmed before its dead letter goes).
+without losing anything (a replay is a move: the copy is confirmed before its dead
+letter goes).
 The CLI's `dlq` commands and the dashboard both act through these functions."""
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigurationError
+from .errors import BrokerError, ConfigurationError
+from .move import move
 from .topology import dead_letter_queue_name
 from .transport import Delivery
 from .wire import (
@@ -23,7 +25,6 @@ from .wire import (
     ORIGINAL_QUEUE,
     REPLAYED,
     attempt_of,
-    copy_properties,
     replays_of,
     text_of,
 )
@@ -129,35 +130,40 @@ async def list_dead_letters(app: App, queue: str, *, limit: int = 50) -> list[De
 async def replay(
     app: App, queue: str, *, ids: Iterable[str] = (), everything: bool = False
 ) -> list[str]:
-    """Send dead letters back to `queue`, the queue their dead-letter queue belongs
+    """Move dead letters back to `queue`, the queue their dead-letter queue belongs
     to, with `x-attempt` reset and the error headers removed. Each copy is confirmed
     by the broker before its dead letter is acked. Returns the replayed ids.
 
     Raises `ConfigurationError` for a queue the app does not have, or for ids that
-    are not in the dead-letter queue (then nothing is replayed).
+    are not in the dead-letter queue (then nothing is replayed); `BrokerError` when
+    a dead letter's ack failed after its copy was replayed (it stays, and the
+    replays stop there); what publishing raises.
     """
     _check_queue(app, queue)
     wanted = set(ids)
     if not wanted and not everything:
         raise ConfigurationError("name the dead letters to replay (--id) or pass --all")
-    transport = app.transport
-    async with transport.browse(dead_letter_queue_name(queue)) as browser:
+    transport, name = app.transport, dead_letter_queue_name(queue)
+    async with transport.browse(name) as browser:
         taken = [m for m in await browser.take() if everything or _named(m, wanted)]
         missing = wanted - _ids(taken)
         if missing:
-            raise ConfigurationError(
-                f"not in {dead_letter_queue_name(queue)}: {', '.join(sorted(missing))}"
-            )
+            raise ConfigurationError(f"not in {name}: {', '.join(sorted(missing))}")
         replayed = []
         for message in taken:
-            properties = copy_properties(
-                message.properties,
-                routing_key=message.routing_key,
+            moved = await move(
+                transport,
+                message,
+                "",
+                queue,
                 set_headers={ATTEMPT: 1, REPLAYED: replays_of(message.headers) + 1},
                 drop_headers=ERROR_HEADERS,
             )
-            await transport.send("", queue, message.body, properties)
-            await message.ack()
+            if not moved:
+                raise BrokerError(
+                    f"dead letter {printable(message.message_id)} was replayed to {queue}, "
+                    f"but the broker did not take its ack: it stays in {name} too"
+                )
             replayed.append(message.message_id)
     return replayed
 

@@ -145,8 +145,8 @@ class RPCClient:
                 future.exception()
 
     def _blocked_note(self) -> str:
-        # Only the AMQP transport can tell; a publish it blocks is the likely cause.
-        if getattr(self.transport, "blocked", False):
+        # A publish the broker blocks is the likely cause.
+        if self.transport.blocked:
             return ": the broker is blocking publishers (a memory or disk alarm on the broker)"
         return ""
 

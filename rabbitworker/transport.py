@@ -1,6 +1,9 @@
 """The transport: everything the app, the worker and the tools ask of a broker, as
 one small interface. `rabbitworker._amqp` implements it over RabbitMQ (the only code
 that touches aio-pika); `rabbitworker.testing` implements it in memory.
+
+Whatever the package asks of a broker is declared here, so that a second transport
+knows all it owes: nothing is looked up with `getattr` on a transport.
 """
 
 from __future__ import annotations
@@ -8,25 +11,44 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .topology import QueueSpec, Topology
 from .wire import Properties
 
 __all__ = [
     "Browser",
+    "Channel",
     "Consumer",
     "Delivery",
+    "Lock",
+    "LockState",
     "OnChannelClosed",
+    "OnConnectionChange",
     "OnDelivery",
     "QueueInfo",
     "Settler",
     "Transport",
 ]
 
+# Whether a connection holds a lock: "held" (another connection, or this one),
+# "free" (none does).
+LockState = Literal["held", "free"]
+# Called with False when the connection is lost, True when it is back.
+OnConnectionChange = Callable[[bool], None]
+
+
+class Channel(Protocol):
+    """The channel a delivery arrived on: its ack can only go there, and once it is
+    closed the broker delivers again what it held unacknowledged."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
 
 class Settler(Protocol):
-    """Acknowledges deliveries on the channel they arrived on."""
+    """Acknowledges deliveries on the channel they arrived on; raises the client's
+    error (or a `BrokerError`) when that channel is closed."""
 
     async def ack(self, delivery: Delivery) -> None: ...
 
@@ -48,7 +70,7 @@ class Delivery:
     exchange: str
     redelivered: bool
     tag: int
-    channel: Any
+    channel: Channel
     settler: Settler
 
     @property
@@ -64,6 +86,12 @@ class Delivery:
         """The message type: the `type` property, or the routing key when it has none."""
         return self.properties.type or self.routing_key
 
+    @property
+    def channel_closed(self) -> bool:
+        """Its channel is closed: its ack can no longer be sent, and the broker
+        delivers it again (a reply's channel is never closed as far as it knows)."""
+        return self.channel.is_closed
+
     async def ack(self) -> None:
         await self.settler.ack(self)
 
@@ -74,7 +102,7 @@ class Delivery:
 OnDelivery = Callable[[Delivery], Awaitable[None]]
 # Called when a consumer's channel closed: the channel, the broker's reason (or the
 # connection's), and whether the broker closed that channel on purpose.
-OnChannelClosed = Callable[[Any, str, bool], None]
+OnChannelClosed = Callable[[Channel, str, bool], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +123,28 @@ class Consumer(Protocol):
 
 
 class Browser(Protocol):
-    """Messages taken from a queue unacknowledged; closing returns the rest."""
+    """Messages taken from a queue unacknowledged (acked one by one by the caller);
+    closing the browser returns the rest to the queue."""
 
-    async def take(self, limit: int | None = None) -> list[Delivery]: ...
+    async def take(self, limit: int | None = None) -> list[Delivery]:
+        """Up to `limit` messages (all that are ready when None), in queue order."""
+        ...
+
+
+class Lock(Protocol):
+    """A lock held on the broker by one connection, lost when that connection goes
+    (closed, or cut off past its heartbeat timeout)."""
+
+    @property
+    def held(self) -> bool: ...
+
+    async def wait_lost(self) -> None:
+        """Return once the lock is lost or released."""
+        ...
+
+    async def release(self, timeout: float) -> None:
+        """Give the lock up, waiting at most `timeout` seconds for the broker."""
+        ...
 
 
 class Transport(Protocol):
@@ -106,6 +153,21 @@ class Transport(Protocol):
     @property
     def description(self) -> str:
         """Where it connects, safe to print (no password)."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """Connected now: opened, not closed, and not in an outage."""
+        ...
+
+    @property
+    def blocked(self) -> bool:
+        """The broker blocks publishers now (a memory or disk alarm)."""
+        ...
+
+    def on_connection_change(self, listener: OnConnectionChange) -> None:
+        """Call `listener(False)` when the connection is lost, `(True)` when it is
+        back (not for `open()` and `close()` themselves)."""
         ...
 
     async def open(self) -> None: ...
@@ -160,4 +222,13 @@ class Transport(Protocol):
 
     async def inspect(self, queue: str) -> QueueInfo | None:
         """The queue's counts, or None when it does not exist."""
+        ...
+
+    async def take_lock(self, name: str) -> Lock | None:
+        """Hold the lock `name` on this connection, or None when another connection
+        holds it; raises `BrokerError` kinds when the broker cannot be asked."""
+        ...
+
+    async def probe_lock(self, name: str) -> LockState:
+        """Whether some connection holds the lock `name`, without taking it."""
         ...

@@ -174,8 +174,9 @@ def copy_properties(
     set_headers: Mapping[str, Any] | None = None,
     drop_headers: Iterable[str] = (),
 ) -> Properties:
-    """The properties of a copy of a delivered message: the one copy behind a retry,
-    a dead letter, a replay and a crash suspect.
+    """The properties of a copy of a delivered message: the one copy behind every
+    move (`rabbitworker.move`: a retry, a dead letter, a hand-back, a replay, a crash
+    suspect).
 
     Every property and header is kept as delivered (header values keep their AMQP
     types), except the broker's bookkeeping headers and `drop_headers`; the copy is

@@ -190,7 +190,7 @@ async def start_worker() -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
         worker = Worker(app, **options)
         task = asyncio.create_task(worker.run(handle_signals=False))
         running.append((worker, task))
-        await eventually(lambda: worker.consuming or task.done(), timeout=15)
+        await eventually(lambda: worker.stats().consuming or task.done(), timeout=15)
         if task.done():
             task.result()
         return worker

@@ -19,6 +19,7 @@ from typing import Any
 import aiormq.exceptions
 
 from ..transport import Delivery
+from .consume import channel_of
 
 __all__ = ["AckBatcher"]
 
@@ -134,7 +135,7 @@ class AckBatcher:
 
     async def nack(self, delivery: Delivery, *, requeue: bool = True) -> None:
         """Return a delivery to the broker, at once (never coalesced)."""
-        channel = delivery.channel
+        channel = channel_of(delivery)
         await channel.basic_nack(delivery.tag, requeue=requeue)
         window = self._windows.get(channel)
         if window is not None and window.coalesce and delivery.tag > window.mark:

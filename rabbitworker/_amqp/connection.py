@@ -49,9 +49,10 @@ BLOCKED = "the broker is blocking publishers (a memory or disk alarm on the brok
 def is_blocked(connection: AbstractRobustConnection) -> bool:
     """Whether the broker told this connection it blocks publishers (a memory or
     disk alarm). aiormq keeps that in a private event: read here alone."""
-    transport = connection.transport
-    underlay = getattr(transport, "connection", None)
-    event = getattr(underlay, "_Connection__connection_unblocked", None)
+    underlay = connection.transport
+    if underlay is None:  # not connected now: nothing to be blocked
+        return False
+    event = getattr(underlay.connection, "_Connection__connection_unblocked", None)
     return isinstance(event, asyncio.Event) and not event.is_set()
 
 

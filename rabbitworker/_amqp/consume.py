@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
+import aiormq.abc
 from aio_pika.abc import AbstractRobustChannel, ConsumerTag, TimeoutType
 from aio_pika.robust_queue import RobustQueue
 from aiormq.abc import DeliveredMessage
@@ -25,11 +26,16 @@ from ..transport import Delivery, OnChannelClosed, OnDelivery, Settler
 from .errors import broker_text
 from .properties import from_amqp
 
-__all__ = ["AmqpConsumer", "DirectQueue", "to_delivery"]
+__all__ = ["AmqpConsumer", "DirectQueue", "channel_of", "to_delivery"]
 
 log = logging.getLogger("rabbitworker.consumer")
 
 RawCallback = Callable[[DeliveredMessage], Coroutine[Any, Any, Any]]
+
+
+def channel_of(delivery: Delivery) -> aiormq.abc.AbstractChannel:
+    """The aiormq channel a delivery made by `to_delivery` arrived on."""
+    return cast(aiormq.abc.AbstractChannel, delivery.channel)
 
 
 def to_delivery(message: DeliveredMessage, queue: str, settler: Settler) -> Delivery:

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Literal
 
 import aiormq
 
+from ..transport import LockState
 from .errors import Op, reraise
 
-__all__ = ["BrokerLock", "LockState", "probe_lock", "try_lock"]
-
-# held: a connection holds the lock (another one; or this one, or a queue of that name
-# that is not exclusive: either way no other process can take it); free: none does.
-LockState = Literal["held", "free"]
+__all__ = ["BrokerLock", "probe_lock", "try_lock"]
 
 
 class BrokerLock:
-    """A held lock: `lost` completes when its channel (or connection) closes."""
+    """A held lock (a `Lock`): lost when its channel (or connection) closes."""
 
     def __init__(self, channel: aiormq.abc.AbstractChannel, name: str) -> None:
         self.channel = channel
@@ -67,7 +63,8 @@ async def try_lock(
 
 async def probe_lock(channel: aiormq.abc.AbstractChannel, name: str, timeout: float) -> LockState:
     """Whether a connection holds the lock `name`, asked on a fresh `channel` (which
-    this closes) without taking it."""
+    this closes) without taking it: "held" also for a queue of that name that is
+    not exclusive (no other process could take the lock either)."""
     try:
         async with asyncio.timeout(timeout):
             await channel.queue_declare(name, passive=True)

@@ -14,8 +14,10 @@ sent again on a fresh channel, within the publish timeout (a duplicate at worst)
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import aiormq
@@ -132,40 +134,55 @@ class ConfirmedChannel:
         resend: bool = True,
     ) -> None:
         """Publish and wait for the broker's confirm (see `Transport.send`)."""
-        started = time.monotonic()
-        amqp_properties = to_amqp(properties)
+        deadline = time.monotonic() + self.timeout
+        attempt = functools.partial(
+            self._publish, exchange, routing_key, body, to_amqp(properties), mandatory, deadline
+        )
         rpc = properties.reply_to == DIRECT_REPLY_TO
         if rpc:
             # The broker refuses a request to direct reply-to unless the reply
             # consumer is on the channel: after a reconnect, wait until it is back.
-            await self._wait_ready(started + self.timeout)
-        channel = self.channel
+            await self._wait_ready(deadline)
+        where = _where(exchange, routing_key)
         try:
-            if channel.is_closed:
-                raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+            if self.channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
             # wait=False: wait for the confirm only, not also for the socket write
             # (a failed write closes the connection and fails the confirm with it).
-            await underlay.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=amqp_properties,
-                mandatory=mandatory,
-                timeout=self._attempt_timeout(started + self.timeout),
-                wait=False,
-            )
+            await attempt(wait=False)
             return
         except BaseException as exc:
-            error = self._error(exc, _where(exchange, routing_key))
+            error = self._error(exc, where)
             if error is None:
                 raise
-            again = resend and not rpc and not self._closed.is_set()
-            if not await self._worth_resending(exc, error, started + self.timeout) or not again:
+            # Asked first: after a nack the channel is recycled, even with no resend.
+            worth_it = await self._worth_resending(exc, error, deadline)
+            if not worth_it or not resend or rpc or self._closed.is_set():
                 raise error from exc
-            first = error
-        await self._resend(
-            exchange, routing_key, body, amqp_properties, mandatory, started + self.timeout, first
+        await self._resend(attempt, where, properties.message_id, deadline, error)
+
+    async def _publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: Any,
+        mandatory: bool,
+        deadline: float,
+        *,
+        wait: bool = True,
+    ) -> None:
+        """One attempt: publish on the channel under the robust one, and wait for
+        its confirm (see `_attempt_timeout`)."""
+        underlay = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        await underlay.basic_publish(
+            body,
+            exchange=exchange,
+            routing_key=routing_key,
+            properties=properties,
+            mandatory=mandatory,
+            timeout=self._attempt_timeout(deadline),
+            wait=wait,
         )
 
     async def _worth_resending(
@@ -202,67 +219,48 @@ class ConfirmedChannel:
 
     async def _resend(
         self,
-        exchange: str,
-        routing_key: str,
-        body: bytes,
-        properties: Any,
-        mandatory: bool,
+        attempt: Callable[[], Awaitable[None]],
+        where: str,
+        message_id: str | None,
         deadline: float,
         error: RabbitWorkerError,
     ) -> None:
-        """Publish again once the channel is back, all before `deadline`.
+        """Make `attempt` again once the channel is back, until it is confirmed or
+        `deadline` passes; raises `NotConfirmed` or `ConnectionFailed` then.
 
         The broker may have taken the first copy and only its confirm was lost, so
         the message can arrive twice (same id): at least once, never zero.
         """
-        where = _where(exchange, routing_key)
-        log.debug("message %s: publishing again once reconnected", properties.message_id)
+        log.debug("message %s: publishing again once reconnected", message_id)
         if isinstance(error, NotConfirmed):
             await asyncio.sleep(_NACK_PAUSE)
         while True:
             try:
                 await self._wait_ready(deadline)
-                underlay = await self.channel.get_underlay_channel()
-                await underlay.basic_publish(
-                    body,
-                    exchange=exchange,
-                    routing_key=routing_key,
-                    properties=properties,
-                    mandatory=mandatory,
-                    timeout=self._attempt_timeout(deadline),
-                )
+                await attempt()
                 return
-            except ConnectionFailed as exc:
+            except ConnectionFailed as exc:  # not back in time, or closed meanwhile
                 error = exc
                 break
             except Exception as exc:
-                error = await self._resend_error(exc, where, deadline)
-                pause = _NACK_PAUSE if isinstance(error, NotConfirmed) else _RESEND_PAUSE
+                mapped = self._error(exc, where)
+                if mapped is None:
+                    raise
+                if not await self._worth_resending(exc, mapped, deadline):
+                    raise mapped from exc
+                error = mapped
             if time.monotonic() >= deadline:
                 break
             # The channel said ready and closed again (the link is flapping), or the
             # cluster still nacks.
+            pause = _NACK_PAUSE if isinstance(error, NotConfirmed) else _RESEND_PAUSE
             await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         if isinstance(error, NotConfirmed):
             raise error
         raise ConnectionFailed(
             f"{where}: the connection to the broker was lost and not restored within "
-            f"{self.timeout:g} s (publish_timeout); message {properties.message_id} "
-            "was not confirmed"
+            f"{self.timeout:g} s (publish_timeout); message {message_id} was not confirmed"
         ) from error
-
-    async def _resend_error(self, exc: Exception, where: str, deadline: float) -> RabbitWorkerError:
-        """What a failed resend means: another try (the error is returned) when the
-        connection was lost or the cluster is settling; raised otherwise."""
-        mapped = self._error(exc, where)
-        if mapped is None:
-            raise exc
-        if self._settling(exc) or self._confirm_lost(exc, deadline):
-            await self._recycle()
-            return mapped
-        if not isinstance(mapped, ConnectionFailed) or mapped.permanent:
-            raise mapped from exc
-        return mapped
 
     async def ensure_queue(self, spec: QueueSpec, *, force: bool = False) -> None:
         """Declare an expiring queue unless declared recently; redeclaring resets its

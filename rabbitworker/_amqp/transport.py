@@ -15,16 +15,24 @@ from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
 from ..errors import BrokerError, ConnectionFailed
 from ..topology import QueueSpec, Topology
-from ..transport import Consumer, Delivery, OnChannelClosed, OnDelivery, QueueInfo
+from ..transport import (
+    Consumer,
+    Delivery,
+    LockState,
+    OnChannelClosed,
+    OnConnectionChange,
+    OnDelivery,
+    QueueInfo,
+)
 from ..urls import BrokerURL, parse_broker_url
 from ..wire import DIRECT_REPLY_TO, Properties
 from .acks import AckBatcher
 from .connection import OutageReport, connect, is_blocked, retry_across_reconnects
-from .consume import AmqpConsumer, to_delivery
+from .consume import AmqpConsumer, channel_of, to_delivery
 from .declare import declare
 from .errors import Op, broker_text, reraise, translate
 from .failover import FailoverConnection
-from .leader import BrokerLock, LockState, probe_lock, try_lock
+from .leader import BrokerLock, probe_lock, try_lock
 from .publish import ConfirmedChannel
 
 __all__ = ["AmqpTransport"]
@@ -39,13 +47,13 @@ class _BrowseSettler:
 
     async def ack(self, delivery: Delivery) -> None:
         try:
-            await delivery.channel.basic_ack(delivery.tag)
+            await channel_of(delivery).basic_ack(delivery.tag)
         except Exception as exc:
             reraise(exc, Op.READ, f"ack message {delivery.message_id}")
 
     async def nack(self, delivery: Delivery, *, requeue: bool) -> None:
         try:
-            await delivery.channel.basic_nack(delivery.tag, requeue=requeue)
+            await channel_of(delivery).basic_nack(delivery.tag, requeue=requeue)
         except Exception as exc:
             reraise(exc, Op.READ, f"nack message {delivery.message_id}")
 
@@ -113,6 +121,7 @@ class AmqpTransport:
         self._connection: AbstractRobustConnection | None = None
         self._publisher: ConfirmedChannel | None = None
         self._report: OutageReport | None = None
+        self._listeners: list[OnConnectionChange] = []
         self._channels: list[AbstractRobustChannel] = []
 
     @property
@@ -129,10 +138,9 @@ class AmqpTransport:
         """The broker blocks publishers (a memory or disk alarm)."""
         return self._connection is not None and is_blocked(self._connection)
 
-    def on_connection_change(self, listener: Callable[[bool], None]) -> None:
+    def on_connection_change(self, listener: OnConnectionChange) -> None:
         """Call `listener(False)` when the connection is lost, `(True)` when back."""
-        if self._report is not None:
-            self._report.listeners.append(listener)
+        self._listeners.append(listener)
 
     async def open(self) -> None:
         connection = await connect(
@@ -152,6 +160,7 @@ class AmqpTransport:
             raise
         self._connection = connection
         self._report = OutageReport(connection, self.url.masked, hosts=len(self.url.hosts))
+        self._report.listeners = self._listeners  # those told before opening, too
         self._publisher = ConfirmedChannel(connection, channel, timeout=self.publish_timeout)
         log.info("connected to %s", _on_host(connection, self.url))
 

@@ -190,7 +190,7 @@ def _run_worker(worker: Worker, ops: OpsOptions) -> None:
     asyncio.run(run_worker(worker, ops, ready_notifier()))
     # 130 after a forced stop (a second SIGINT), 3 when stuck threads stopped it.
     code = 130 if worker.forced else 3 if worker.exhausted else 0
-    if worker.abandoned_threads or worker.forced:
+    if worker.stats().abandoned_threads or worker.forced:
         # A sync handler's thread cannot be stopped, and the interpreter would wait
         # for it at exit; its message is already back with the broker.
         logging.shutdown()

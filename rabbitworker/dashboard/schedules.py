@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..schedules.beat import utc_now
 from ..schedules.listing import describe
 from ..topology import beat_leader_queue_name, beat_state_queue_spec
+from ..transport import LockState
 
 if TYPE_CHECKING:
     from ..app import App
@@ -28,11 +29,11 @@ NEXT_RUNS = 3
 
 @dataclass
 class ScheduleBoard:
-    """What the page shows: `leader` is "held", "free" or "unknown" (no RabbitMQ
-    transport), `kept` each schedule's number of stored last ticks (0 or 1)."""
+    """What the page shows: whether a beat holds the `leader` lock, and `kept` each
+    schedule's number of stored last ticks (0 or 1)."""
 
     rows: list[dict[str, Any]]
-    leader: str
+    leader: LockState
     leader_queue: str
     kept: dict[str, int]
 
@@ -40,8 +41,7 @@ class ScheduleBoard:
 async def read_schedules(app: App, count: int = NEXT_RUNS) -> ScheduleBoard:
     transport = app.transport
     leader_queue = beat_leader_queue_name(app.exchange)
-    probe = getattr(transport, "probe_lock", None)
-    leader = "unknown" if probe is None else str(await probe(leader_queue))
+    leader = await transport.probe_lock(leader_queue)
     kept: dict[str, int] = {}
     for schedule in app.schedules:
         info = await transport.inspect(beat_state_queue_spec(app.exchange, schedule.name).name)
@@ -54,8 +54,8 @@ def _leader(board: ScheduleBoard) -> str:
     text = {
         "held": "held — a beat process is leading and publishing",
         "free": "none — no beat is running: nothing is published",
-    }.get(board.leader, "unknown (the transport cannot tell)")
-    word = {"held": "held", "free": "none"}.get(board.leader, "unknown")
+    }[board.leader]
+    word = {"held": "held", "free": "none"}[board.leader]
     return (
         f'<p id="leader" data-leader="{word}">leader: <b>{word}</b> '
         f'<span class="muted">({escape(text)}; lock <code>{escape(board.leader_queue)}</code>)'

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError
 from ..wire import JSON
 from .http import Response, Route
 
@@ -57,17 +56,16 @@ class WorkerHealth:
         self._written: bytes | None = None
 
     def state(self) -> dict[str, bool]:
-        worker = self.worker
-        try:
-            connected = bool(getattr(worker.app.session.transport, "connected", True))
-        except ConfigurationError:
-            connected = False
-        return {"connected": connected, "consuming": worker.consuming, "draining": worker.draining}
+        stats = self.worker.stats()
+        return {
+            "connected": stats.connected,
+            "consuming": stats.consuming,
+            "draining": stats.draining,
+        }
 
     @property
     def ready(self) -> bool:
-        state = self.state()
-        return state["connected"] and state["consuming"] and not state["draining"]
+        return self.worker.stats().ready
 
     def healthz(self) -> Response:
         try:

@@ -176,10 +176,8 @@ class Sampler:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        transport = self.worker.app.session.transport
-        listen = getattr(transport, "on_connection_change", None)
-        if self.m is not None and listen is not None:
-            listen(self._connection_changed)
+        if self.m is not None:
+            self.worker.app.session.transport.on_connection_change(self._connection_changed)
         self._task = asyncio.ensure_future(self._run())
 
     def _connection_changed(self, connected: bool) -> None:
@@ -198,10 +196,11 @@ class Sampler:
         m = self.m
         if m is None:
             return
-        for queue, (running, waiting) in self.worker.load().items():
-            m.in_flight.labels(queue).set(running)
-            m.waiting.labels(queue).set(waiting)
-        seen = (self.worker.abandoned_threads_total, self.worker.blocked_loop_warnings)
+        stats = self.worker.stats()
+        for queue in stats.queues:
+            m.in_flight.labels(queue).set(stats.running(queue))
+            m.waiting.labels(queue).set(stats.waiting[queue])
+        seen = (stats.abandoned_threads_total, stats.blocked_loop_warnings)
         m.abandoned_threads.inc(seen[0] - self._seen[0])
         m.blocked_loop.inc(seen[1] - self._seen[1])
         self._seen = seen

@@ -1,10 +1,14 @@
 """The beat: publishes an app's scheduled messages while it is the leader.
 
-Leadership is an exclusive queue on the broker (`rabbitworker._amqp.leader`): the
-process whose connection declared it leads; the others try again every
-`retry_interval` seconds, and one of them leads once the broker has deleted the queue
-with the old leader's connection. Each schedule's last tick is kept on the broker
-too (a one-message queue), so a new leader knows which ticks were missed.
+Leadership is a lock on the broker (`Transport.take_lock`; on RabbitMQ an exclusive
+queue, `rabbitworker._amqp.leader`): the process whose connection holds it leads;
+the others try again every `retry_interval` seconds, and one of them leads once the
+broker has let go of the lock with the old leader's connection. Each schedule's last
+tick is kept on the broker too (a one-message queue), so a new leader knows which
+ticks were missed.
+
+Time comes from `clock` (the current time) and `sleep` (waiting): the wall clock by
+default, the test broker's virtual clock under `rabbitworker.testing.TestBroker`.
 """
 
 from __future__ import annotations
@@ -13,13 +17,14 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, RabbitWorkerError
+from ..errors import RabbitWorkerError
 from ..middleware.base import Middleware
 from ..topology import beat_leader_queue_name, beat_state_queue_spec
+from ..transport import Lock
 from ..wire import message_properties
 from .schedule import Schedule, tick_id
 
@@ -42,9 +47,9 @@ def utc_now() -> datetime:
 class Beat:
     """Publishes `app`'s schedules while this process holds the leadership.
 
-    `clock` gives the current time (tests inject one); `retry_interval` is how often
-    a standby tries to take over. Use on a connected app: ``await beat.run()`` until
-    `stop()`.
+    `clock` gives the current time and `sleep(seconds)` waits on that clock (tests
+    inject both); `retry_interval` is how often a standby tries to take over. Use on
+    a connected app: ``await beat.run()`` until `stop()`.
     """
 
     def __init__(
@@ -52,10 +57,12 @@ class Beat:
         app: App,
         *,
         clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         retry_interval: float = LOCK_RETRY_S,
     ) -> None:
         self.app = app
         self.clock = clock
+        self.sleep = sleep
         self.retry_interval = retry_interval
         self.leading = asyncio.Event()  # set while leading, its schedules' state read
         self.published = 0
@@ -66,16 +73,11 @@ class Beat:
         self._stop.set()
 
     async def run(self) -> None:
-        """Lead when possible, until `stop()`; raises `ConfigurationError` when the
-        app's transport cannot hold a lock on the broker."""
-        transport = self.app.session.transport
-        take_lock = getattr(transport, "take_lock", None)
-        if take_lock is None:
-            raise ConfigurationError("the beat needs a RabbitMQ transport to hold its leadership")
+        """Lead when possible, until `stop()`."""
         name = beat_leader_queue_name(self.app.exchange)
         log.info("beat started: %d schedule(s), standing by for %s", len(self.schedules), name)
         while not self._stop.is_set():
-            lock = await self._try(take_lock, name)
+            lock = await self._try(name)
             if lock is None:
                 await self._pause(self.retry_interval, None)
                 continue
@@ -93,10 +95,15 @@ class Beat:
     def schedules(self) -> list[Schedule]:
         return list(self.app.schedules)
 
-    async def _try(self, take_lock: Callable[[str], Any], name: str) -> Any:
+    async def _try(self, name: str) -> Lock | None:
         """The lock, or None when another process holds it, the broker cannot be
         reached now, or the beat was stopped meanwhile."""
-        attempt = asyncio.ensure_future(take_lock(name))
+
+        async def take() -> Lock | None:
+            # On the app's connection of the moment: the lock goes with a connection.
+            return await self.app.session.transport.take_lock(name)
+
+        attempt = asyncio.ensure_future(take())
         stopped = asyncio.ensure_future(self._stop.wait())
         try:
             await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -113,20 +120,21 @@ class Beat:
             log.debug("beat: cannot try for the leadership now: %s", exc)
             return None
 
-    async def _pause(self, seconds: float, lock: Any) -> None:
-        """Wait `seconds`, or less if stopped or the lock is lost."""
-        waits = [asyncio.ensure_future(self._stop.wait())]
+    async def _pause(self, seconds: float, lock: Lock | None) -> None:
+        """Wait `seconds` on the beat's clock, or less if stopped or the lock is lost."""
+        waits = [
+            asyncio.ensure_future(self.sleep(max(0.0, seconds))),
+            asyncio.ensure_future(self._stop.wait()),
+        ]
         if lock is not None:
             waits.append(asyncio.ensure_future(lock.wait_lost()))
         try:
-            await asyncio.wait(
-                waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()
 
-    async def _lead(self, lock: Any) -> None:
+    async def _lead(self, lock: Lock) -> None:
         try:
             for schedule in self.schedules:
                 # Never published (or its state was lost): it starts from now.
@@ -140,7 +148,7 @@ class Beat:
         except RabbitWorkerError as exc:
             log.error("beat: %s", exc)
 
-    async def _publish_due(self, lock: Any) -> bool:
+    async def _publish_due(self, lock: Lock) -> bool:
         """Publish what is due now; False when a publish failed."""
         now = self.clock()
         for schedule in self.schedules:
@@ -154,7 +162,7 @@ class Beat:
             self._last[schedule.name] = schedule.latest(now, self._last.get(schedule.name))
         return True
 
-    async def _while_held(self, lock: Any, step: Coroutine[Any, Any, None]) -> bool:
+    async def _while_held(self, lock: Lock, step: Coroutine[Any, Any, None]) -> bool:
         """Run `step` unless the lock is lost first (then cancel it and return False):
         a publish waiting out an outage must not go on once another beat may lead."""
         running = asyncio.ensure_future(step)

@@ -8,7 +8,7 @@ import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +16,13 @@ from ..message import R, TaskMessage
 from ..middleware.base import Middleware, Settled
 from ..results.memory import MemoryResultStore
 from ..rpc import PendingReply
+from ..schedules.beat import Beat, utc_now
 from ..topology import dead_letter_queue_name, suspect_queue_name
 from ..wire import attempt_of
 from ..worker import Worker
 from .node import MemoryBroker
 from .queues import DeadLetter, Message
+from .schedules import VirtualBeat
 from .transport import MemoryTransport
 
 if TYPE_CHECKING:
@@ -79,9 +81,11 @@ class TestBroker:
     and starts a `Worker` on `queues` (all of the app's by default; none with
     ``worker=False``). Time is virtual: `join()` and `advance()` move it, so a
     60 s back-off costs nothing; with ``auto_advance=True`` it also jumps to the
-    next retry or delayed message whenever nothing else can run. An app with a
-    results store gets an in-memory one for the duration. Everything is restored
-    on the way out.
+    next retry or delayed message whenever nothing else can run. The app's
+    schedules are published by its `Beat` on that clock (unless ``beat=False``),
+    which reads `start` (the wall-clock time by default) at virtual second 0. An
+    app with a results store gets an in-memory one for the duration. Everything
+    is restored on the way out.
     """
 
     __test__ = False  # not a test class, whatever pytest thinks of its name
@@ -96,6 +100,8 @@ class TestBroker:
         prefetch: int | None = None,
         timeout: float = 10.0,
         auto_advance: bool = False,
+        beat: bool = True,
+        start: datetime | None = None,
     ) -> None:
         self.app = app
         self.broker = MemoryBroker()
@@ -109,6 +115,9 @@ class TestBroker:
         self.auto_advance = auto_advance
         self._auto: asyncio.Task[None] | None = None
         self._entered = 0  # times this entered the app, each left on the way out
+        self._run_beat = beat
+        self._start = start
+        self._beat: VirtualBeat | None = None
 
     # -- running --------------------------------------------------------------
 
@@ -125,8 +134,9 @@ class TestBroker:
             if self._run_worker:
                 self.worker = Worker(app, queues=self._queues, grace=0, **self._worker_options)
                 await self.worker.start()
-            # Schedules (app.schedule) are not fired yet: when they land, they join
-            # `_next_due()` as one more source of virtual-time events.
+            if self._run_beat and app.schedules:
+                self._beat = VirtualBeat(app, self.broker, self._start or utc_now())
+                self._beat.start()
             if self.auto_advance:
                 self._auto = asyncio.ensure_future(self._advance_when_idle())
         except BaseException:
@@ -152,6 +162,9 @@ class TestBroker:
             await asyncio.gather(self._auto, return_exceptions=True)
             self._auto = None
         try:
+            if self._beat is not None:
+                beat, self._beat = self._beat, None
+                await beat.stop()
             if self.worker is not None:
                 await self.worker.shutdown()
             while self._entered:
@@ -211,10 +224,27 @@ class TestBroker:
         """Virtual seconds since the broker started."""
         return self.broker.now
 
-    def _next_due(self) -> float | None:
-        """The virtual time of the next timed event: a retry or delayed message
-        whose TTL runs out. (Schedules will add theirs here.)"""
-        return self.broker.next_expiry
+    @property
+    def beat(self) -> Beat | None:
+        """The app's beat, publishing its schedules on the virtual clock (None when
+        the app has none, or with ``beat=False``)."""
+        return self._beat.beat if self._beat is not None else None
+
+    def _next_due(self, target: float) -> float | None:
+        """The virtual time of the next timed event: a retry or delayed message whose
+        TTL runs out, or a schedule's tick at or before `target`; with no `target`
+        (`join()`) a tick only on the way to such a message, since ticks never end."""
+        due = self.broker.next_expiry
+        tick = self._beat.next_due if self._beat is not None else None
+        until = target if not math.isinf(target) else due
+        if tick is None or until is None or tick > until:
+            return due
+        return tick if due is None else min(due, tick)
+
+    def _advance_to(self, when: float) -> None:
+        self.broker.advance_to(when)
+        if self._beat is not None:
+            self._beat.clock.ring()
 
     async def join(self, *, timeout: float | None = None) -> None:
         """Wait until every consumed queue, retry queue and delay queue is drained
@@ -232,12 +262,12 @@ class TestBroker:
         target = self.broker.now + seconds
         while True:
             await self._idle(deadline, limit)
-            due = self._next_due()
+            due = self._next_due(target)
             if due is None or due > target:
                 break
-            self.broker.advance_to(due)
+            self._advance_to(due)
         if not math.isinf(target):
-            self.broker.advance_to(target)
+            self._advance_to(target)
             await self._idle(deadline, limit)
 
     def _busy(self) -> list[str]:
@@ -249,7 +279,8 @@ class TestBroker:
             for name in consumed
             if (q := self.broker.queues.get(suspect_queue_name(name))) is not None and q.ready
         ]
-        return self.broker.busy + waiting
+        beat = self._beat.busy if self._beat is not None else []
+        return self.broker.busy + waiting + beat
 
     async def _advance_when_idle(self) -> None:
         """With `auto_advance`: whenever nothing can run now, move virtual time to
@@ -257,11 +288,11 @@ class TestBroker:
         back-offs and delays by itself)."""
         while True:
             await self._idle(None, math.inf)
-            due = self._next_due()
+            due = self._next_due(math.inf)
             if due is None:
                 await self.broker.changed()
             else:
-                self.broker.advance_to(due)
+                self._advance_to(due)
 
     async def _idle(self, deadline: float | None, limit: float) -> None:
         while True:

@@ -1,7 +1,8 @@
 """`MemoryBroker`: RabbitMQ's routing and queueing in one process, on a virtual
 clock. Topic, direct, headers and the default exchange; mandatory publishing;
-queues with TTL, dead-lettering (with `x-death`) and the quorum delivery limit;
-consumers with prefetch; direct reply-to. Time moves only when told to."""
+queues with TTL, a length limit, dead-lettering (with `x-death`) and the quorum
+delivery limit; consumers with prefetch; direct reply-to; locks (what exclusive
+queues give the beat). Time moves only when told to."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..errors import BrokerError, PublishError, UnroutableError
 from ..topology import ExchangeSpec, QueueSpec, topic_matches
 from ..transport import Delivery, OnDelivery, QueueInfo, Settler
 from ..wire import DIRECT_REPLY_TO, Properties
+from .locks import MemoryLocks
 from .queues import MemoryChannel, MemoryQueue, Message, as_sent, with_death
 
 __all__ = ["MemoryBroker", "MemoryConsumer"]
@@ -86,6 +88,8 @@ class MemoryBroker:
         self.bindings: list[_Binding] = []
         self.dropped: list[Message] = []  # dead letters with nowhere to go, as RabbitMQ drops them
         self.settler: Settler = _Settler(self)
+        self.locks = MemoryLocks()
+        self._reply_channel = MemoryChannel("direct reply-to")  # never closed
         self._replies: dict[str, OnDelivery] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._tags = 0
@@ -206,7 +210,8 @@ class MemoryBroker:
     def _enqueue(self, message: Message, targets: Iterable[str]) -> None:
         for name in targets:
             queue = self.queues[name]
-            queue.put(message.copy(), self.now)
+            for over in queue.put(message.copy(), self.now):
+                self._dead_letter(queue, over, "maxlen")
             self._dispatch(queue)
         self.touch()
 
@@ -324,7 +329,7 @@ class MemoryBroker:
             exchange="",
             redelivered=False,
             tag=self._tags,
-            channel=None,
+            channel=self._reply_channel,
             settler=self.settler,
         )
         self.spawn(on_reply(delivery))

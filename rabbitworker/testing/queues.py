@@ -113,9 +113,10 @@ class MemoryQueue:
     """A queue and the arguments the broker acts on.
 
     Honoured: `x-message-ttl` (in virtual time), `x-dead-letter-exchange` and
-    `-routing-key`, `x-delivery-limit` on quorum queues, and the quorum queue's
-    `x-delivery-count` header. Not: `x-expires` (a queue stays until deleted),
-    lengths and overflow.
+    `-routing-key`, `x-delivery-limit` on quorum queues, the quorum queue's
+    `x-delivery-count` header, and `x-max-length` with the default overflow (the
+    oldest ready message is dropped). Not: `x-expires` (a queue stays until
+    deleted), `x-max-length-bytes`, other overflow behaviours.
     """
 
     def __init__(self, name: str, arguments: dict[str, Any]) -> None:
@@ -132,15 +133,24 @@ class MemoryQueue:
         self.dead_letter_routing_key: str | None = arguments.get("x-dead-letter-routing-key")
         limit = arguments.get("x-delivery-limit") if self.quorum else None
         self.delivery_limit: int | None = None if limit is None else int(limit)
+        length = arguments.get("x-max-length")
+        drops_head = arguments.get("x-overflow", "drop-head") == "drop-head"
+        self.max_length: int | None = None if length is None or not drops_head else int(length)
 
     def __repr__(self) -> str:
         return f"MemoryQueue({self.name!r}, ready={len(self.ready)}, unacked={len(self.unacked)})"
 
-    def put(self, message: Message, now: float) -> None:
+    def put(self, message: Message, now: float) -> list[Message]:
+        """Enqueue `message`; returns the oldest ready ones it pushed past
+        `x-max-length`, which must be dead-lettered (reason `maxlen`)."""
         message.at = now
         message.expires_at = None if self.ttl is None else now + self.ttl
         self.received.append(message.copy())
         self.ready.append(message)
+        over: list[Message] = []
+        while self.max_length is not None and len(self.ready) > self.max_length:
+            over.append(self.ready.popleft())
+        return over
 
     def give_back(self, messages: list[Message]) -> list[Message]:
         """Return unacknowledged messages to the head of the queue, in their order;

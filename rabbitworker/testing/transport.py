@@ -12,8 +12,17 @@ from dataclasses import replace
 from .._amqp.properties import through_the_wire
 from ..errors import ConnectionFailed, PublishError
 from ..topology import QueueSpec, Topology
-from ..transport import Consumer, Delivery, OnChannelClosed, OnDelivery, QueueInfo
+from ..transport import (
+    Consumer,
+    Delivery,
+    LockState,
+    OnChannelClosed,
+    OnConnectionChange,
+    OnDelivery,
+    QueueInfo,
+)
 from ..wire import DIRECT_REPLY_TO, Properties
+from .locks import MemoryLock
 from .node import MemoryBroker
 from .queues import MemoryChannel
 
@@ -61,6 +70,14 @@ class MemoryTransport:
     def connected(self) -> bool:
         return self._open
 
+    @property
+    def blocked(self) -> bool:
+        """Never: the in-memory broker has no memory or disk alarms."""
+        return False
+
+    def on_connection_change(self, listener: OnConnectionChange) -> None:
+        """Never called: the in-memory connection is not lost, only closed."""
+
     def _check(self) -> None:
         if not self._open:
             raise ConnectionFailed("not connected to the broker")
@@ -78,6 +95,7 @@ class MemoryTransport:
                 self.broker.reply_consumer(reply_to, None)
             for channel in channels:
                 self.broker.close_channel(channel)
+            self.broker.locks.drop_all(self._id)
 
         self.broker.soon_at_home(close)
 
@@ -181,3 +199,13 @@ class MemoryTransport:
     async def inspect(self, queue: str) -> QueueInfo | None:
         self._check()
         return await self.broker.at_home(lambda: self.broker.inspect(queue))
+
+    async def take_lock(self, name: str) -> MemoryLock | None:
+        """Hold the lock `name` until released or this connection closes; None when
+        another connection holds it."""
+        self._check()
+        return await self.broker.at_home(lambda: self.broker.locks.take(name, self._id))
+
+    async def probe_lock(self, name: str) -> LockState:
+        self._check()
+        return await self.broker.at_home(lambda: self.broker.locks.probe(name))

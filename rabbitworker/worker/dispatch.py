@@ -8,16 +8,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..move import move
 from ..pacing import Pacing, TaskPacer
-from ..transport import Delivery, Transport
-from ..wire import copy_properties
+from ..transport import Channel, Delivery, Transport
 from .processing import Processor
 from .settlement import Settlement
-from .suspects import Gate, Suspects
+from .stats import InFlight
+from .suspects import Gate, ReturnLedger, Suspects
 
 __all__ = ["Dispatcher", "Held"]
 
@@ -26,12 +28,16 @@ log = logging.getLogger("rabbitworker.worker")
 
 @dataclass(slots=True)
 class Held:
-    """A delivery this worker holds: the work queue it belongs to, and whether its
-    handler has started."""
+    """A delivery this worker holds: the work queue it belongs to, and since when
+    (`time.monotonic()`) its handler runs, None while it has not started."""
 
     delivery: Delivery
     queue: str
-    started: bool = False
+    since: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.since is not None
 
 
 class Dispatcher:
@@ -43,6 +49,7 @@ class Dispatcher:
         processor: Processor,
         settlement: Settlement,
         suspects: Suspects,
+        ledger: ReturnLedger,
         *,
         concurrency: int,
         prefetch: int,
@@ -52,14 +59,15 @@ class Dispatcher:
         self.processor = processor
         self.settlement = settlement
         self.suspects = suspects
+        self.ledger = ledger
         self.gate = Gate()
         self.pacing = pacing
         self._limit = asyncio.Semaphore(concurrency)
         self.held: dict[asyncio.Task[Any], Held] = {}
         self.stopping = asyncio.Event()
         self.consumers_cancelled = asyncio.Event()
-        self.handled = 0
-        self.handed_back = 0
+        self.handled: Counter[str] = Counter()  # by outcome ("ack", "retry", ...)
+        self.handed_back = 0  # by the drain
         # The last `prefetch` messages settled from each work queue: when its channel
         # is lost, their acks may have been lost with it (the broker holds at most
         # `prefetch` unacked), and their redelivery is no crash either.
@@ -83,20 +91,25 @@ class Dispatcher:
     def running(self) -> dict[asyncio.Task[Any], Held]:
         return {t: h for t, h in self.held.items() if h.started}
 
-    def load(self) -> dict[str, tuple[int, int]]:
-        """For each queue with deliveries held: handlers running, deliveries waiting."""
-        counts: dict[str, tuple[int, int]] = {}
-        for held in list(self.held.values()):
-            running, waiting = counts.get(held.queue, (0, 0))
-            counts[held.queue] = (running + held.started, waiting + (not held.started))
-        return counts
+    def in_flight(self) -> list[InFlight]:
+        """The handlers running now."""
+        now = time.monotonic()
+        return [
+            InFlight(h.delivery.message_id, h.delivery.type, h.queue, now - h.since)
+            for h in list(self.held.values())
+            if h.since is not None
+        ]
+
+    def waiting_by_queue(self) -> Counter[str]:
+        """For each queue, the deliveries held waiting for a slot or the gate."""
+        return Counter(h.queue for h in list(self.held.values()) if h.since is None)
 
     async def on_work(self, queue: str, delivery: Delivery) -> None:
         """A delivery from a work queue."""
         if self.stopping.is_set():
             await self.hand_back(delivery, queue)
             return
-        if delivery.redelivered and not self.suspects.accounted_for(delivery):
+        if delivery.redelivered and not self.ledger.accounted_for(delivery):
             await self._move(delivery, queue)
             return
         task = asyncio.current_task()
@@ -168,9 +181,9 @@ class Dispatcher:
         return True
 
     def _remember_settled(self, delivery: Delivery, queue: str) -> None:
-        if _channel_closed(delivery):
+        if delivery.channel_closed:
             # Lost already (its ack too, maybe): the channel's close was reported.
-            self.suspects.returned(delivery)
+            self.ledger.returned(delivery)
             return
         settled = self._settled.get(queue)
         if settled is None:
@@ -182,7 +195,7 @@ class Dispatcher:
         if self.stopping.is_set():
             await self.hand_back(delivery, queue)
             return
-        if not self.suspects.accounted_for(delivery):
+        if not self.ledger.accounted_for(delivery):
             await self._guarded(self.suspects.crashed(delivery, queue), delivery, queue)
             return
         task = asyncio.current_task()
@@ -195,25 +208,25 @@ class Dispatcher:
             raise
         finally:
             del self.held[task]
-            if _channel_closed(delivery):
+            if delivery.channel_closed:
                 # Its channel was lost while it ran (its ack with it): the broker
                 # delivers it again, and that is not a crash.
-                self.suspects.returned(delivery)
+                self.ledger.returned(delivery)
 
     def _cancelled(self, held: Held) -> None:
         # Cancelled and not handed back: aiormq cancels the deliveries of a channel it
         # closes, usually before the channel's close is reported. The broker delivers
         # the message again, and that redelivery is not a crash.
         delivery = held.delivery
-        self.suspects.returned(delivery)
-        if delivery.queue == held.queue and _channel_closed(delivery):
+        self.ledger.returned(delivery)
+        if delivery.queue == held.queue and delivery.channel_closed:
             self._lost.setdefault(held.queue, []).append(held)  # for channel_closed
 
     async def _handle_or_hand_back(self, held: Held) -> None:
         try:
             await self._handle(held)
         except asyncio.CancelledError:
-            if not self.stopping.is_set() or _channel_closed(held.delivery):
+            if not self.stopping.is_set() or held.delivery.channel_closed:
                 raise
             # Interrupted by the drain at the end of the grace period: handed back as
             # a copy, so its redelivery is not taken for a crash.
@@ -221,12 +234,11 @@ class Dispatcher:
             await self.hand_back(held.delivery, held.queue)
 
     async def _handle(self, held: Held) -> None:
-        held.started = True
+        held.since = time.monotonic()
         delivery = held.delivery
         processed = await self.processor.process(delivery, held.queue)
         done = await self.settlement.settle(delivery, held.queue, processed)
-        if done != "handed_back":
-            self.handled += 1
+        self.handled[done] += 1
 
     async def _guarded(self, step: Any, delivery: Delivery, queue: str) -> None:
         """Run a move or crash step; if its publish fails the delivery goes back."""
@@ -245,22 +257,20 @@ class Dispatcher:
 
     async def hand_back(self, delivery: Delivery, queue: str) -> None:
         """Return a delivery whose handler never started (or was interrupted by the
-        drain) to its queue: a confirmed copy at the queue's tail, then the ack, so
-        that its redelivery is not taken for a crash; a plain requeue if that fails."""
+        drain) to its queue: moved to the queue's tail, so that its redelivery is not
+        taken for a crash; a plain requeue if the move fails."""
         self.handed_back += 1
         log.debug("message %s on %s handed back", delivery.message_id, queue)
         await self.settlement.announce_hand_back(delivery, queue)
-        # Requeued before our consumer is gone, it could come straight back to us.
+        # Moved before our consumer is gone, it could come straight back to us.
         await self.consumers_cancelled.wait()
         try:
-            properties = copy_properties(delivery.properties, routing_key=delivery.routing_key)
-            await self.transport.send("", delivery.queue, delivery.body, properties)
-            await delivery.ack()
+            await move(self.transport, delivery, "", delivery.queue)
         except Exception:
             with contextlib.suppress(Exception):
                 await delivery.nack(requeue=True)
 
-    def channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
+    def channel_closed(self, queue: str, channel: Channel, reason: str, by_broker: bool) -> None:
         """Account for the messages a lost consuming channel held, and log it."""
         on_it = self._returned_with(queue)
         running = [h.delivery.message_id for h in on_it if h.started]
@@ -288,17 +298,15 @@ class Dispatcher:
         """Mark what the lost channel of `queue` held as returned (the broker delivers
         it again, and that is not a crash); the held deliveries, for the log."""
         on_it = [
-            h
-            for h in self.held.values()
-            if h.delivery.queue == queue and _channel_closed(h.delivery)
+            h for h in self.held.values() if h.delivery.queue == queue and h.delivery.channel_closed
         ]
         for h in on_it:
             # Known now, not when its handler ends: the broker may deliver it again
             # (on the restored channel) while that handler still runs.
-            self.suspects.returned(h.delivery)
+            self.ledger.returned(h.delivery)
         on_it += self._lost.pop(queue, ())
         for message_id in self._settled.pop(queue, ()):
-            self.suspects.returned_id(message_id)
+            self.ledger.returned_id(message_id)
         return on_it
 
 
@@ -306,7 +314,3 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
-
-
-def _channel_closed(delivery: Delivery) -> bool:
-    return bool(getattr(delivery.channel, "is_closed", False))

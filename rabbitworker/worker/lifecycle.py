@@ -1,6 +1,7 @@
-"""The worker's life: start (connect, consume each queue, take its suspects),
-run until stopped, then drain (stop consuming, let running handlers finish within
-the grace period, hand the rest back) and close."""
+"""The worker's life: start (connect, build its parts, consume each queue, take its
+suspects), run until stopped, then drain (stop consuming, let running handlers
+finish within the grace period, hand the rest back) and close; and what it reports
+of itself meanwhile (`Worker.stats()`)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,22 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
 from ..middleware import Middleware
-from ..pacing import Pacing
 from ..registry import Task
-from ..results.middleware import ResultTracking
-from ..transport import Consumer
+from ..transport import Channel, Consumer
+from .assembly import assemble
 from .dispatch import Dispatcher
-from .processing import Processor
-from .settlement import Settlement
-from .suspects import SuspectIntake, Suspects
+from .stats import InFlight, WorkerStats
+from .suspects import SuspectIntake
 from .threads import SyncThreads
 from .watchdog import LoopWatchdog, innermost_of
 
@@ -78,6 +80,7 @@ class Worker:
         self._watchdog: LoopWatchdog | None = None
         self._stopping = asyncio.Event()
         self._forced = asyncio.Event()
+        self._started_at: datetime | None = None
         self.exhausted = False
         self.middleware: list[Middleware] = list(app.middleware)
 
@@ -86,8 +89,21 @@ class Worker:
     async def start(self) -> None:
         """Connect, declare the topology and start consuming every queue."""
         await self.app.connect()
+        self._started_at = datetime.now(UTC)
         tasks = [t for q in self.queues for t in self.app.registry.tasks[q].values()]
-        self._dispatch = self._build(tasks)
+        parts = assemble(
+            self.app,
+            tasks,
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
+            on_threads_exhausted=self._on_threads_exhausted,
+            on_suspects_moved=self._suspects_moved,
+        )
+        self._dispatch, self.middleware, self._threads = (
+            parts.dispatcher,
+            parts.middleware,
+            parts.threads,
+        )
         for middleware in self.middleware:
             await middleware.on_worker_start()
         for name in self.queues:
@@ -100,44 +116,6 @@ class Worker:
             self.concurrency,
         )
 
-    def _build(self, tasks: list[Task]) -> Dispatcher:
-        """The parts a delivery goes through, on the app's open session."""
-        app, s = self.app, self.app.settings
-        session = app.session
-        if any(not t.is_async for t in tasks):
-            self._threads = SyncThreads(
-                self.concurrency,
-                max_abandoned=s.max_abandoned_threads,
-                on_exhausted=self._on_threads_exhausted,
-            )
-        self.middleware = self._middleware(tasks)
-        settlement = Settlement(
-            session.transport,
-            app.exchange,
-            queue_type=s.queue_type,
-            max_message_size=s.max_message_size,
-            middleware=self.middleware,
-        )
-        processor = Processor(
-            app.registry,
-            self.middleware,
-            publish=session.producer.publish,
-            max_message_size=s.max_message_size,
-            threads=self._threads,
-        )
-        suspects = Suspects(session.transport, settlement, delivery_limit=s.delivery_limit)
-        settlement.returned = suspects.returned
-        suspects.on_moved = self._suspects_moved
-        return Dispatcher(
-            session.transport,
-            processor,
-            settlement,
-            suspects,
-            concurrency=self.concurrency,
-            prefetch=self.prefetch,
-            pacing=next((m for m in self.middleware if isinstance(m, Pacing)), None),
-        )
-
     def _watch_the_loop(self, tasks: list[Task]) -> None:
         threshold = self.app.settings.blocked_loop_warning
         if threshold > 0:
@@ -148,17 +126,6 @@ class Worker:
                 functools.partial(self._describe_block, codes),
             )
             self._watchdog.start()
-
-    def _middleware(self, tasks: list[Task]) -> list[Middleware]:
-        """The app's middleware, then what this worker adds for the app's features
-        (results tracking when it has a results store, pacing for paced tasks)."""
-        tracker = self.app.session.tracker
-        extra: list[Middleware] = [ResultTracking(tracker)] if tracker is not None else []
-        s = self.app.settings
-        pacing = Pacing.for_tasks(
-            tasks, namespace=self.app.exchange, results_url=s.results, prefetch=self.prefetch
-        )
-        return [*self.app.middleware, *extra, *([pacing] if pacing else [])]
 
     async def _consume(self, queue: str) -> None:
         dispatch = self._dispatch
@@ -185,7 +152,7 @@ class Worker:
         if intake is not None:
             intake.wake()
 
-    def _channel_closed(self, queue: str, channel: Any, reason: str, by_broker: bool) -> None:
+    def _channel_closed(self, queue: str, channel: Channel, reason: str, by_broker: bool) -> None:
         if self._dispatch is not None and not self._stopping.is_set():
             self._dispatch.channel_closed(queue, channel, reason, by_broker)
 
@@ -269,45 +236,40 @@ class Worker:
         """True when the stop skipped the grace period (a second SIGINT)."""
         return self._forced.is_set()
 
-    @property
-    def abandoned_threads(self) -> int:
-        """Sync handlers still running in abandoned threads: past their timeout, or
-        interrupted (by the drain, a lost channel) while they ran."""
-        return self._threads.abandoned if self._threads is not None else 0
+    def stats(self) -> WorkerStats:
+        """What this worker is doing and has done, now."""
+        dispatch, threads = self._dispatch, self._threads
+        outcomes: dict[str, int] = {}
+        in_flight: tuple[InFlight, ...] = ()
+        waiting: dict[str, int] = {}
+        if dispatch is not None:  # started
+            outcomes, in_flight = dict(dispatch.handled), tuple(dispatch.in_flight())
+            waiting = dispatch.waiting_by_queue()
+        return WorkerStats(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(self.queues),
+            concurrency=self.concurrency,
+            prefetch=self.prefetch,
+            started_at=self._started_at,
+            outcomes=outcomes,
+            in_flight=in_flight,
+            waiting={q: waiting.get(q, 0) for q in self.queues},
+            handed_back=dispatch.handed_back if dispatch is not None else 0,
+            suspects_moved=dispatch.suspects.moved if dispatch is not None else 0,
+            abandoned_threads=threads.abandoned if threads is not None else 0,
+            abandoned_threads_total=threads.abandoned_total if threads is not None else 0,
+            blocked_loop_warnings=self._watchdog.warnings if self._watchdog is not None else 0,
+            connected=self._connected(),
+            consuming=bool(self._consumers) and not self._stopping.is_set(),
+            draining=self._stopping.is_set(),
+        )
 
-    @property
-    def abandoned_threads_total(self) -> int:
-        """Sync handler threads abandoned by a timeout since the worker started."""
-        return self._threads.abandoned_total if self._threads is not None else 0
-
-    @property
-    def handled(self) -> int:
-        return self._dispatch.handled if self._dispatch else 0
-
-    @property
-    def blocked_loop_warnings(self) -> int:
-        """Warnings of the event loop blocked past `blocked_loop_warning` seconds."""
-        return self._watchdog.warnings if self._watchdog is not None else 0
-
-    def load(self) -> dict[str, tuple[int, int]]:
-        """For each queue: handlers running, and deliveries waiting for a slot."""
-        held = self._dispatch.load() if self._dispatch is not None else {}
-        return {q: held.get(q, (0, 0)) for q in self.queues}
-
-    @property
-    def suspects_moved(self) -> int:
-        """Redeliveries this worker could not account for and moved to a suspect queue."""
-        return self._dispatch.suspects.moved if self._dispatch else 0
-
-    @property
-    def draining(self) -> bool:
-        """Asked to stop (SIGTERM, `stop()`): not ready for more work."""
-        return self._stopping.is_set()
-
-    @property
-    def consuming(self) -> bool:
-        """Every queue is being consumed (false before the start and once draining)."""
-        return bool(self._consumers) and not self._stopping.is_set()
+    def _connected(self) -> bool:
+        try:
+            return self.app.session.transport.connected
+        except ConfigurationError:  # no session: not connected (yet, or any more)
+            return False
 
     # -- stopping -----------------------------------------------------------
 

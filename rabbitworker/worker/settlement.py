@@ -1,9 +1,11 @@
 """Settling a delivery: the follow-up publishes its outcome needs (the RPC reply, the
 retry copy, the dead letter), each confirmed by the broker, and only then the ack.
+A retry and a dead letter are moves (`rabbitworker.move`): the confirmed copy, the
+`on_settle` hooks, then the ack.
 
 A follow-up that fails for a reason that may pass (the connection, a missing
-confirm) hands the delivery back to be tried again; one refused for good (a header
-AMQP cannot carry, a queue that exists with other arguments) dead-letters the
+confirm) requeues the delivery (a nack) to be tried again; one refused for good (a
+header AMQP cannot carry, a queue that exists with other arguments) dead-letters the
 delivery at once with that reason, since trying again would fail the same way.
 """
 
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from ..errors import (
     ConnectionFailed,
@@ -24,6 +27,7 @@ from ..errors import (
 )
 from ..message import encode_reply
 from ..middleware.base import Middleware, Outcome, PublishHooks, Settled, overrides
+from ..move import acknowledge, move
 from ..rpc import error_reply_body
 from ..topology import (
     QueueType,
@@ -36,7 +40,6 @@ from ..wire import (
     ATTEMPT,
     attempt_of,
     check_size,
-    copy_properties,
     error_headers,
     error_type,
     reply_properties,
@@ -47,10 +50,12 @@ __all__ = ["FollowUpRefused", "Settlement", "is_transient"]
 
 log = logging.getLogger("rabbitworker.worker")
 
-# A delivery handed back because its follow-up could not be confirmed comes straight
+# A delivery requeued because its follow-up could not be confirmed comes straight
 # back; the pause keeps a broker that is briefly unable to confirm from being
 # hammered by the same message.
-HAND_BACK_PAUSE_S = 1.0
+REQUEUE_PAUSE_S = 1.0
+
+BeforeAck = Callable[[], Awaitable[None]]
 
 
 class FollowUpRefused(Exception):
@@ -112,7 +117,7 @@ class Settlement:
         returned: Callable[[Delivery], None] = lambda _: None,
     ) -> None:
         self.transport = transport
-        self.returned = returned  # told before a delivery is handed back
+        self.returned = returned  # told before a delivery is requeued
         # Hooks left as the base class's no-ops are not called at all.
         self._on_settle = [m for m in middleware if overrides(m, "on_settle")]
         self._publish_hooks = PublishHooks(middleware)
@@ -123,7 +128,7 @@ class Settlement:
     async def settle(self, delivery: Delivery, queue: str, processed: Processed) -> str:
         """Publish what the outcome needs, wait for the confirms, tell the `on_settle`
         hooks, then ack. Returns what was done: "ack", "retry", "dead_letter" or
-        "handed_back"."""
+        "handed_back" (requeued, to be tried again)."""
         outcome, result = processed.outcome, processed.result
         reply: bytes | None = None
         if outcome.kind == "ack" and delivery.properties.reply_to:
@@ -135,26 +140,22 @@ class Settlement:
                 # same way on every attempt: an error reply and a dead letter, at once.
                 outcome = Outcome.dead_letter(exc)
         try:
-            await self._follow_up(delivery, queue, outcome, reply)
+            await self._carry_out(delivery, queue, outcome, reply, processed)
         except Exception as exc:
             if is_transient(exc):
-                return await self._hand_back(delivery, queue, exc, processed)
+                return await self._requeue(delivery, queue, exc, processed)
             # Refused for good: trying again would fail the same way.
-            refused = await self._dead_letter_refused(delivery, queue, outcome, exc)
+            refused = await self._dead_letter_refused(delivery, queue, outcome, exc, processed)
             if refused is None:
-                return await self._hand_back(delivery, queue, exc, processed)
+                return await self._requeue(delivery, queue, exc, processed)
             outcome = refused
-        await self._announce(processed, delivery, queue, outcome)
-        try:
-            await delivery.ack()
-        except Exception as exc:
-            log.warning(
-                "message %s on %s: ack failed (%s); the broker will deliver it again",
-                delivery.message_id,
-                queue,
-                exc,
-            )
         return outcome.kind
+
+    def _announcing(
+        self, processed: Processed, delivery: Delivery, queue: str, outcome: Outcome
+    ) -> BeforeAck:
+        """What a move does before its ack: tell the `on_settle` hooks."""
+        return functools.partial(self._announce, processed, delivery, queue, outcome)
 
     async def _announce(
         self, processed: Processed, delivery: Delivery, queue: str, outcome: Outcome | None
@@ -184,9 +185,11 @@ class Settlement:
         """Tell the `on_settle` hooks of a delivery the drain returns to its queue."""
         await self._announce(Processed(Outcome.ack()), delivery, queue, None)
 
-    async def _hand_back(
+    async def _requeue(
         self, delivery: Delivery, queue: str, error: BaseException, processed: Processed
     ) -> str:
+        """Return a delivery whose follow-up could not be published to its queue
+        (a nack), after a pause: it is tried again (the outcome "handed_back")."""
         await self._announce(processed, delivery, queue, None)
         log.error(
             "message %s on %s: follow-up publish failed (%s); returning it to the queue",
@@ -194,27 +197,37 @@ class Settlement:
             queue,
             error,
         )
-        await asyncio.sleep(HAND_BACK_PAUSE_S)
+        await asyncio.sleep(REQUEUE_PAUSE_S)
         self.returned(delivery)
         with contextlib.suppress(Exception):
             await delivery.nack(requeue=True)
         return "handed_back"
 
-    async def _follow_up(
-        self, delivery: Delivery, queue: str, outcome: Outcome, reply: bytes | None
+    async def _carry_out(
+        self,
+        delivery: Delivery,
+        queue: str,
+        outcome: Outcome,
+        reply: bytes | None,
+        processed: Processed,
     ) -> None:
+        """The follow-ups, the `on_settle` hooks and the ack; raises what a follow-up
+        publish raises, the delivery then still held."""
+        announce = self._announcing(processed, delivery, queue, outcome)
         if outcome.kind == "ack":
             if reply is not None:
                 await self.reply(delivery, reply, "ok")
+            await announce()
+            await acknowledge(delivery)
         elif outcome.kind == "retry":
-            await self.retry(delivery, queue, outcome)
+            await self.retry(delivery, queue, outcome, before_ack=announce)
         else:
             assert outcome.error is not None
             if delivery.properties.reply_to:
                 with contextlib.suppress(Exception):
                     # The caller may have gone away; the dead letter matters more.
                     await self.reply(delivery, error_reply_body(outcome.error), "error")
-            await self.dead_letter(delivery, queue, outcome.error)
+            await self.dead_letter(delivery, queue, outcome.error, before_ack=announce)
 
     async def reply(self, delivery: Delivery, body: bytes, status: str) -> None:
         """Send an RPC reply (`status` "ok" or "error") to the request's reply-to."""
@@ -228,14 +241,12 @@ class Settlement:
             lambda: self.transport.send("", reply_to, body, properties, mandatory=False),
         )
 
-    async def retry(self, delivery: Delivery, queue: str, outcome: Outcome) -> None:
-        """Publish the next attempt: straight back to the queue, or through its retry queue."""
+    async def retry(
+        self, delivery: Delivery, queue: str, outcome: Outcome, *, before_ack: BeforeAck
+    ) -> None:
+        """Move the delivery on to its next attempt: straight back to the queue, or
+        through its retry queue."""
         attempt = attempt_of(delivery.headers)
-        properties = copy_properties(
-            delivery.properties,
-            routing_key=delivery.routing_key,
-            set_headers={ATTEMPT: attempt + 1},
-        )
         error = outcome.error
         log.warning(
             "message %s on %s failed on attempt %d (%s: %s); retrying in %d ms",
@@ -246,22 +257,24 @@ class Settlement:
             error,
             outcome.delay_ms,
         )
-        if outcome.delay_ms <= 0:
-            await self.transport.send("", queue, delivery.body, properties)
-            return
-        spec = retry_queue_spec(self.exchange, queue, outcome.delay_ms, self.queue_type)
-        await self.transport.ensure_queue(spec)
+        spec = None
+        exchange, key = "", queue
+        if outcome.delay_ms > 0:
+            spec = retry_queue_spec(self.exchange, queue, outcome.delay_ms, self.queue_type)
+            exchange, key = retry_exchange_name(self.exchange), spec.name
+            await self.transport.ensure_queue(spec)
+        moving = functools.partial(
+            move, self.transport, delivery, exchange, key, set_headers={ATTEMPT: attempt + 1}
+        )
         try:
-            await self.transport.send(
-                retry_exchange_name(self.exchange), spec.name, delivery.body, properties
-            )
+            await moving(before_ack=before_ack)
         except UnroutableError:
-            # The retry queue expired between our declarations; declare it and once
-            # more. (Not on NotConfirmed: the copy may have landed.)
+            if spec is None:
+                raise
+            # The retry queue expired between our declarations; declare it and move
+            # once more. (Not on NotConfirmed: the copy may have landed.)
             await self.transport.ensure_queue(spec, force=True)
-            await self.transport.send(
-                retry_exchange_name(self.exchange), spec.name, delivery.body, properties
-            )
+            await moving(before_ack=before_ack)
 
     async def dead_letter(
         self,
@@ -270,21 +283,23 @@ class Settlement:
         error: BaseException,
         *,
         drop_headers: tuple[str, ...] = (),
+        before_ack: BeforeAck | None = None,
     ) -> None:
-        """Publish the delivery to its dead-letter queue with the error in its headers."""
-        properties = copy_properties(
-            delivery.properties,
-            routing_key=delivery.routing_key,
+        """Move the delivery of `queue` to its dead-letter queue, with the error in its
+        headers; raises what the publish raises, the delivery then still held."""
+        # Not refused for its size: the broker already holds it, and refusing would
+        # leave it looping in its queue. Without its per-message TTL, as the broker
+        # does when it dead-letters: the dead letter would expire in the dead-letter
+        # queue, which has nowhere to send it.
+        await move(
+            self.transport,
+            delivery,
+            dead_letter_exchange_name(self.exchange),
+            queue,
             set_headers=error_headers(error, queue=queue, attempt=attempt_of(delivery.headers)),
             drop_headers=drop_headers,
-        )
-        # As the broker does when it dead-letters: a per-message TTL would make the
-        # dead letter expire in the dead-letter queue, which has nowhere to send it.
-        properties.expiration = None
-        # Not refused for its size: the broker already holds it, and refusing would
-        # leave it looping in its queue.
-        await self.transport.send(
-            dead_letter_exchange_name(self.exchange), queue, delivery.body, properties
+            keep_expiration=False,
+            before_ack=before_ack,
         )
         if not isinstance(error, DecodeError | MessageTooLarge):
             log.error(
@@ -296,7 +311,12 @@ class Settlement:
             )
 
     async def _dead_letter_refused(
-        self, delivery: Delivery, queue: str, outcome: Outcome, error: BaseException
+        self,
+        delivery: Delivery,
+        queue: str,
+        outcome: Outcome,
+        error: BaseException,
+        processed: Processed,
     ) -> Outcome | None:
         """Dead-letter a delivery whose follow-up the broker refused for good, with the
         refusal as the reason. A header AMQP cannot carry is left out of the dead
@@ -309,8 +329,11 @@ class Settlement:
                 # The caller is told now rather than never; it may have gone away.
                 await self.reply(delivery, error_reply_body(reason), "error")
         while True:
+            announce = self._announcing(processed, delivery, queue, Outcome.dead_letter(reason))
             try:
-                await self.dead_letter(delivery, queue, reason, drop_headers=reason.left_out)
+                await self.dead_letter(
+                    delivery, queue, reason, drop_headers=reason.left_out, before_ack=announce
+                )
             except HeaderError as exc:
                 if exc.header in reason.left_out:
                     return None  # not a header of the delivery's: nothing left to drop

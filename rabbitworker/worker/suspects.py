@@ -11,7 +11,8 @@ crash (`x-crashes`), and after `delivery_limit` crashes it is dead-lettered with
 suspect never waits, unacknowledged, beside handlers that might kill the process.
 
 A redelivery this process can account for (its channel or connection was lost
-while it held the message) is processed as usual.
+while it held the message, or it gave the message back itself) is processed as
+usual: the `ReturnLedger` keeps those.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..errors import WorkerCrashed
+from ..move import move
 from ..topology import suspect_queue_name
 from ..transport import Delivery, Transport
-from ..wire import CRASHES, copy_properties, crashes_of, new_message_id
-from .settlement import Settlement
+from ..wire import CRASHES, crashes_of, new_message_id
 
-__all__ = ["Gate", "SuspectIntake", "Suspects"]
+__all__ = ["DeadLettering", "Gate", "ReturnLedger", "SuspectIntake", "Suspects"]
 
 log = logging.getLogger("rabbitworker.worker")
 
@@ -90,59 +91,79 @@ class Gate:
                 self._no_alone.set()
 
 
-class Suspects:
-    """Moves unaccounted redeliveries to the suspect queue and counts crashes."""
+# Dead-letters a delivery of a work queue with an error (`Settlement.dead_letter`).
+DeadLettering = Callable[[Delivery, str, BaseException], Awaitable[None]]
 
-    def __init__(
-        self, transport: Transport, settlement: Settlement, *, delivery_limit: int
-    ) -> None:
-        self.transport = transport
-        self.settlement = settlement
-        self.delivery_limit = delivery_limit
-        self._held_at_loss: OrderedDict[str, None] = OrderedDict()
-        self.moved = 0
-        self.crashes = 0
-        # Called with the work queue after a move, so its intake looks at once.
-        self.on_moved: Callable[[str], None] = lambda _: None
+
+class ReturnLedger:
+    """The messages this process knows went back to the broker (its channel closed
+    while it held them, or it gave them back itself), by id: their redelivery is
+    no crash."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
 
     def returned(self, delivery: Delivery) -> None:
-        """`delivery` went back to the broker for a known reason (its channel closed,
-        or the worker handed it back): its redelivery is not a crash."""
+        """`delivery` went back to the broker for a known reason."""
         self.returned_id(delivery.message_id)
 
     def returned_id(self, message_id: str) -> None:
         """`returned` for a message known by its id."""
-        self._held_at_loss[message_id] = None
-        while len(self._held_at_loss) > MAX_REMEMBERED:
-            self._held_at_loss.popitem(last=False)
+        self._ids[message_id] = None
+        while len(self._ids) > MAX_REMEMBERED:
+            self._ids.popitem(last=False)
 
     def accounted_for(self, delivery: Delivery) -> bool:
-        """Whether a redelivery is one this process knows the cause of."""
+        """Whether a redelivery is one this process knows the cause of (each return
+        accounts for one redelivery)."""
         if not delivery.redelivered:
             return True
-        if delivery.message_id in self._held_at_loss:
-            del self._held_at_loss[delivery.message_id]
+        if delivery.message_id in self._ids:
+            del self._ids[delivery.message_id]
             return True
         return False
 
+
+class Suspects:
+    """Moves unaccounted redeliveries to the suspect queue and counts crashes.
+
+    `dead_letter` dead-letters a suspect that crashed its process too often;
+    `on_moved(queue)` is told of each move, so that the queue's intake looks at once.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        dead_letter: DeadLettering,
+        delivery_limit: int,
+        on_moved: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        self.transport = transport
+        self.dead_letter = dead_letter
+        self.delivery_limit = delivery_limit
+        self.on_moved = on_moved
+        self.moved = 0
+        self.crashes = 0
+
     async def move(self, delivery: Delivery, queue: str) -> None:
-        """Move a redelivered message of `queue` to its suspect queue (a confirmed
-        copy, then the ack)."""
+        """Move a redelivered message of `queue` to its suspect queue; raises what
+        the publish raises, the delivery then still held."""
         if not delivery.properties.message_id:
             delivery.properties.message_id = new_message_id()
-        properties = copy_properties(delivery.properties, routing_key=delivery.routing_key)
-        await self.transport.send("", suspect_queue_name(queue), delivery.body, properties)
+        await move(self.transport, delivery, "", suspect_queue_name(queue))
         self.moved += 1
         log.info(
             "message %s on %s was delivered again after a worker lost it; it will run alone",
             delivery.message_id,
             queue,
         )
-        await delivery.ack()
         self.on_moved(queue)
 
     async def crashed(self, delivery: Delivery, queue: str) -> None:
-        """A suspect delivered again: its process died while it ran alone."""
+        """A suspect delivered again: its process died while it ran alone. Moved to
+        the dead-letter queue at the delivery limit, else back to the suspect queue
+        with the crash counted; raises what the publish raises."""
         crashes = crashes_of(delivery.headers) + 1
         self.crashes += 1
         if crashes >= self.delivery_limit:
@@ -150,23 +171,19 @@ class Suspects:
                 f"a worker process died while this message ran alone, {crashes} time(s): it "
                 "probably kills the process (a segfault, os._exit, the out-of-memory killer)"
             )
-            await self.settlement.dead_letter(delivery, queue, error)
-        else:
-            log.warning(
-                "message %s on %s: its worker process died while it ran alone (%d of %d); "
-                "it will run alone again",
-                delivery.message_id,
-                queue,
-                crashes,
-                self.delivery_limit,
-            )
-            properties = copy_properties(
-                delivery.properties,
-                routing_key=delivery.routing_key,
-                set_headers={CRASHES: crashes},
-            )
-            await self.transport.send("", suspect_queue_name(queue), delivery.body, properties)
-        await delivery.ack()
+            await self.dead_letter(delivery, queue, error)
+            return
+        log.warning(
+            "message %s on %s: its worker process died while it ran alone (%d of %d); "
+            "it will run alone again",
+            delivery.message_id,
+            queue,
+            crashes,
+            self.delivery_limit,
+        )
+        await move(
+            self.transport, delivery, "", suspect_queue_name(queue), set_headers={CRASHES: crashes}
+        )
 
 
 class SuspectIntake:

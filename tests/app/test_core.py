@@ -211,7 +211,7 @@ async def test_a_sync_handler_runs_off_the_event_loop(
     await eventually(lambda: len(fast_done) == 10)
     assert not wake.is_set()  # the sync handler was still blocked meanwhile
     wake.set()
-    await eventually(lambda: worker.handled == 11)
+    await eventually(lambda: worker.stats().handled == 11)
     assert sorted(fast_done) == list(range(10))
     assert loop_threads.isdisjoint(sync_threads)
 

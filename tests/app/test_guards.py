@@ -59,7 +59,7 @@ async def test_a_received_message_over_the_maximum_size_goes_to_the_dead_letter_
         )
         await app.publish(Note(text="small"))
     worker = await start_worker(app)
-    await eventually(lambda: worker.handled == 2)
+    await eventually(lambda: worker.stats().handled == 2)
     assert handled == ["small"]
 
     dlq = dead_letter_queue_name(queue)

@@ -5,6 +5,7 @@ the public names are a short sorted list."""
 from __future__ import annotations
 
 import ast
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,13 +66,15 @@ def test_no_header_name_or_content_type_is_written_outside_wire_py() -> None:
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_every_copy_of_a_delivered_message_is_made_by_one_function() -> None:
+def test_every_move_of_a_delivery_is_the_one_move_operation() -> None:
+    """Retries, dead letters, hand-backs, crash suspects and replays all move a
+    delivery with `rabbitworker.move.move`, the only code that copies one."""
     import inspect
 
     from rabbitworker import dlq
     from rabbitworker.worker import dispatch, settlement, suspects
 
-    copies: list[Any] = [
+    moves: list[Any] = [
         settlement.Settlement.retry,
         settlement.Settlement.dead_letter,
         dlq.replay,
@@ -79,8 +82,16 @@ def test_every_copy_of_a_delivered_message_is_made_by_one_function() -> None:
         suspects.Suspects.crashed,
         dispatch.Dispatcher.hand_back,
     ]
-    for fn in copies:
-        assert "copy_properties(" in inspect.getsource(fn), fn.__qualname__
+    for fn in moves:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        assert "move" in used, fn.__qualname__
+    copiers = [
+        str(path.relative_to(PACKAGE))
+        for path in modules()
+        if "copy_properties(" in path.read_text() and path.name != "wire.py"
+    ]
+    assert copiers == ["move.py"]
     # Properties are built in wire.py and converted in _amqp/properties.py, nowhere else.
     builders = [
         str(path.relative_to(PACKAGE))
@@ -89,6 +100,23 @@ def test_every_copy_of_a_delivered_message_is_made_by_one_function() -> None:
         and path.name not in ("wire.py", "properties.py", "headers.py")
     ]
     assert builders == []
+
+
+def test_nothing_is_looked_up_on_a_transport_with_getattr() -> None:
+    """The `Transport` protocol declares all the package uses of a broker: a
+    `getattr(transport, ...)` would be an operation missing from it."""
+    probes = []
+    for path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and node.args
+                and "transport" in ast.unparse(node.args[0]).lower()
+            ):
+                probes.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert probes == []
 
 
 def imports(path: Path) -> set[str]:

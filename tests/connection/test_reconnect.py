@@ -80,7 +80,7 @@ async def test_a_worker_cut_off_mid_stream_reconnects_and_handles_every_message(
 
     assert set(handled) == published
     assert proxy.accepted == connections + 1  # the worker's one reconnect
-    await eventually(lambda: worker.handled >= len(published))  # counted once settled
+    await eventually(lambda: worker.stats().handled >= len(published))  # counted once settled
     await eventually(lambda: "reconnected to" in caplog.text)
     assert "guest:guest" not in caplog.text
 

@@ -104,7 +104,7 @@ async def test_an_amqps_url_with_tls_options_publishes_and_consumes(
     worker = await start_worker(app)
     await app.publish(Secure(n=42))
     await eventually(lambda: handled == [42])
-    await eventually(lambda: worker.handled == 1)  # counted once its ack is settled
+    await eventually(lambda: worker.stats().handled == 1)  # counted once its ack is settled
 
 
 async def test_an_amqps_url_without_the_ca_refuses_the_unknown_certificate(

@@ -109,7 +109,7 @@ async def test_probing_the_lock_tells_held_from_free_without_taking_it(
     app = make_app()
     name = f"{prefix}.lock"
     async with app:
-        probe = app.transport.probe_lock  # type: ignore[attr-defined]
+        probe = app.transport.probe_lock
         assert await probe(name) == "free"
         channel = await amqp.channel()
         await channel.declare_queue(name, exclusive=True)

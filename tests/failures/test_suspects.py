@@ -92,7 +92,7 @@ async def test_a_worker_cut_off_mid_stream_takes_none_of_what_it_held_for_a_susp
     assert await queue_depth(amqp, suspect_queue_name(queue)) == 0
     assert await queue_depth(amqp, queue) == 0
     moved = set(MOVED.findall(caplog.text))
-    assert len(moved) == worker.suspects_moved
+    assert len(moved) == worker.stats().suspects_moved
     # Only deliveries lost on the wire at the cut, which this worker never saw, may
     # take the suspect path; nothing it held, ran or acked just before the cut does.
     first_seen: dict[str, bool] = {}

@@ -62,7 +62,7 @@ async def test_a_publish_blocked_by_a_memory_alarm_says_the_broker_blocks_publis
 
         assert BLOCKING in str(raised.value)
         assert PUBLISH_TIMEOUT <= took < PUBLISH_TIMEOUT + 0.5
-        assert app.transport.blocked  # type: ignore[attr-defined]
+        assert app.transport.blocked
 
 
 async def after_a_blocked_publish(app: App, then: Awaitable[Any]) -> Any:

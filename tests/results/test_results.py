@@ -255,6 +255,6 @@ async def test_a_store_that_goes_away_loses_no_message_and_the_worker_keeps_goin
                 assert status is None or status.message_id == message_id
             after = await app.publish(Job(n=11))
             assert await app.result(after, timeout=10) == 11
-        assert worker.consuming
+        assert worker.stats().consuming
         # The final status is saved before the ack, so the count may trail the result.
-        await eventually(lambda: worker.handled == 12)
+        await eventually(lambda: worker.stats().handled == 12)

@@ -30,6 +30,7 @@ class Rig:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.apps: list[App] = []
+        self.extra_queues: list[str] = []  # declared by the test itself, deleted at the end
 
     def q(self, name: str) -> str:
         """A queue name unique to this test."""
@@ -116,7 +117,7 @@ class RabbitRig(Rig):
         w = Worker(app, grace=0.5)
         task = asyncio.create_task(w.run(handle_signals=False))
         self._worker = (w, task)
-        await eventually(lambda: w.consuming or task.done(), timeout=15)
+        await eventually(lambda: w.stats().consuming or task.done(), timeout=15)
         if task.done():
             task.result()
 
@@ -145,7 +146,7 @@ class RabbitRig(Rig):
         for app in self.apps:
             await app.close()
             remember_app_delays(app)
-            await delete_topology(self.url, app.exchange, app.queues)
+            await delete_topology(self.url, app.exchange, app.queues + self.extra_queues)
 
 
 class MemoryRig(Rig):

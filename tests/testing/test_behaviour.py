@@ -22,6 +22,7 @@ from rabbitworker import Context, Reject, RetryPolicy, TaskMessage
 from rabbitworker.errors import RemoteError, UnroutableError
 from rabbitworker.topology import (
     BROKER_DELIVERY_LIMIT_FLOOR,
+    QueueSpec,
     dead_letter_queue_name,
     suspect_queue_name,
 )
@@ -316,6 +317,53 @@ async def test_a_delayed_message_is_handled_no_earlier_than_its_delay(rig: Rig) 
     assert handled[1][1] - published >= delay
     if rig.kind == "memory":
         assert handled[1][1] - published == delay  # virtual time moves to the instant
+
+
+async def test_a_lock_is_held_by_one_connection_until_released_or_closed(rig: Rig) -> None:
+    """What the beat's leadership rests on (`Transport.take_lock`)."""
+    app = rig.app()
+
+    @app.task(queue=rig.q("locked"))
+    async def run(msg: Job) -> None:
+        pass
+
+    name = rig.q("lock")
+    async with rig.running(app, worker=False):
+        other = app.make_transport()
+        await other.open()
+        try:
+            assert await app.transport.probe_lock(name) == "free"
+            lock = await app.transport.take_lock(name)
+            assert lock is not None and lock.held
+            assert await other.take_lock(name) is None  # another connection holds it
+            assert await other.probe_lock(name) == "held"  # looking did not take it
+            await lock.release(5)
+            assert not lock.held and await other.probe_lock(name) == "free"
+            taken = await other.take_lock(name)
+            assert taken is not None and await app.transport.take_lock(name) is None
+        finally:
+            await other.close()
+        await asyncio.wait_for(taken.wait_lost(), 5)  # gone with its connection
+        assert not taken.held and await app.transport.probe_lock(name) == "free"
+
+
+async def test_a_queue_with_a_length_limit_keeps_the_newest_messages(rig: Rig) -> None:
+    """What keeps a schedule's last tick on the broker (the beat's state queue)."""
+    app = rig.app()
+
+    @app.task(queue=rig.q("limited"))
+    async def run(msg: Job) -> None:
+        pass
+
+    spec = QueueSpec(rig.q("last"), {"x-queue-type": "classic", "x-max-length": 2}, role="test")
+    rig.extra_queues.append(spec.name)
+    async with rig.running(app, worker=False):
+        await app.transport.ensure_queue(spec)
+        for n in range(1, 5):
+            properties = message_properties("last", message_id=f"m{n}")
+            await app.transport.send("", spec.name, b"{}", properties)
+        assert [m.message_id for m in await rig.take(app, spec.name)] == ["m3", "m4"]
+        assert [m.message_id for m in await rig.take(app, spec.name)] == ["m3", "m4"]
 
 
 async def test_known_difference_timestamps_are_wall_clock_while_delays_are_virtual(

@@ -169,7 +169,7 @@ async def test_only_the_unfinished_message_goes_back_when_the_connection_drops(
     # The acks of a batch are written at most LINGER_S after its handlers finish.
     transport: Any = app.transport  # the AMQP transport: its acks and connection
     acks = transport.acks
-    await eventually(lambda: worker.handled == 49 and acks.pending == 0, timeout=5)
+    await eventually(lambda: worker.stats().handled == 49 and acks.pending == 0, timeout=5)
     await transport.connection.close()  # unacknowledged deliveries go back to the queue
 
     async def only_the_blocked_one_is_back() -> bool:

@@ -39,7 +39,7 @@ async def test_a_message_published_twice_with_one_id_is_handled_once_and_both_ar
         await app.publish(PlaceOrder(order=1), message_id="order-1")
         await app.publish(PlaceOrder(order=2), message_id="order-2")
     worker = await start_worker(app, concurrency=1)
-    await eventually(lambda: worker.handled == 3)
+    await eventually(lambda: worker.stats().handled == 3)
     await stop(worker)
 
     assert sorted(handled) == ["order-1", "order-2"]
@@ -68,12 +68,12 @@ async def test_a_failed_attempt_is_not_remembered_so_its_retry_still_runs(
     async with app:
         await app.publish(Flaky(), message_id="flaky-1")
     worker = await start_worker(app)  # connects the app again: publishing through it works
-    await eventually(lambda: worker.handled == 2)
+    await eventually(lambda: worker.stats().handled == 2)
     assert attempts == [1, 2]
 
     # Now that it succeeded, the same id again is acked without running.
     await app.publish(Flaky(), message_id="flaky-1")
-    await eventually(lambda: worker.handled == 3)
+    await eventually(lambda: worker.stats().handled == 3)
     await stop(worker)
     assert attempts == [1, 2]
     assert dedup.skipped == 1
@@ -102,7 +102,7 @@ async def test_one_message_routed_to_two_queues_runs_on_both(
     async with app:
         message_id = await app.publish(Signup(user=7))
     worker = await start_worker(app)
-    await eventually(lambda: worker.handled == 2)
+    await eventually(lambda: worker.stats().handled == 2)
     assert sorted(handled) == [(f"{prefix}.billing", message_id), (f"{prefix}.emails", message_id)]
     assert dedup.skipped == 0
 

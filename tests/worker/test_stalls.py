@@ -107,7 +107,7 @@ async def test_a_channel_closed_by_the_broker_is_one_warning_naming_the_queue_me
     await eventually(lambda: len(runs) == 2, timeout=15)
     release.set()
     await eventually(lambda: done == [message_id])
-    assert worker.suspects_moved == 0
+    assert worker.stats().suspects_moved == 0
     assert await queue_depth(amqp, suspect_queue_name(queue)) == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

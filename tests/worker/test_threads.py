@@ -53,7 +53,7 @@ async def test_after_three_times_concurrency_hung_sync_handlers_a_trivial_one_st
     try:
         for n in range(hung):
             await app.publish(Hang(n=n))
-        await eventually(lambda: worker.abandoned_threads == hung, timeout=30)
+        await eventually(lambda: worker.stats().abandoned_threads == hung, timeout=30)
         await app.publish(Trivial(n=1))
         await eventually(lambda: trivial == [1], timeout=5)
 
@@ -65,7 +65,7 @@ async def test_after_three_times_concurrency_hung_sync_handlers_a_trivial_one_st
         await eventually(all_dead_lettered)
         letters = await get_all(amqp, dlq)
         assert {(m.headers or {})["x-error-type"] for m in letters} == {"HandlerTimeout"}
-        assert worker.abandoned_threads_total == hung
+        assert worker.stats().abandoned_threads_total == hung
         warnings = [r.getMessage() for r in caplog.records if "is abandoned" in r.getMessage()]
         assert len(warnings) == hung
         assert f"({hung} abandoned now, at most 100)" in warnings[-1]
@@ -73,8 +73,8 @@ async def test_after_three_times_concurrency_hung_sync_handlers_a_trivial_one_st
     finally:
         release.set()
     # Abandoned threads that end are no longer counted as running; the total stays.
-    await eventually(lambda: worker.abandoned_threads == 0, timeout=10)
-    assert worker.abandoned_threads_total == hung
+    await eventually(lambda: worker.stats().abandoned_threads == 0, timeout=10)
+    assert worker.stats().abandoned_threads_total == hung
     assert not worker.exhausted
 
 
