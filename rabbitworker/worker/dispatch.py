@@ -110,7 +110,7 @@ class Dispatcher:
             await self.hand_back(delivery, queue)
             return
         if delivery.redelivered and not self.ledger.accounted_for(delivery):
-            await self._move(delivery, queue)
+            await self._move_to_suspects(delivery, queue)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -123,7 +123,7 @@ class Dispatcher:
         finally:
             del self.held[task]
 
-    async def _move(self, delivery: Delivery, queue: str) -> None:
+    async def _move_to_suspects(self, delivery: Delivery, queue: str) -> None:
         self._moves += 1
         self._no_moves.clear()
         try:

@@ -99,11 +99,8 @@ class Worker:
             on_threads_exhausted=self._on_threads_exhausted,
             on_suspects_moved=self._suspects_moved,
         )
-        self._dispatch, self.middleware, self._threads = (
-            parts.dispatcher,
-            parts.middleware,
-            parts.threads,
-        )
+        self._dispatch, self._threads = parts.dispatcher, parts.threads
+        self.middleware = parts.middleware
         for middleware in self.middleware:
             await middleware.on_worker_start()
         for name in self.queues:

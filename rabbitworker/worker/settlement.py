@@ -329,7 +329,8 @@ class Settlement:
                 # The caller is told now rather than never; it may have gone away.
                 await self.reply(delivery, error_reply_body(reason), "error")
         while True:
-            announce = self._announcing(processed, delivery, queue, Outcome.dead_letter(reason))
+            dead = Outcome.dead_letter(reason)
+            announce = self._announcing(processed, delivery, queue, dead)
             try:
                 await self.dead_letter(
                     delivery, queue, reason, drop_headers=reason.left_out, before_ack=announce
@@ -347,4 +348,4 @@ class Settlement:
                 )
                 return None
             else:
-                return Outcome.dead_letter(reason)
+                return dead

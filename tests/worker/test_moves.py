@@ -4,15 +4,16 @@ confirmed, and a move that fails at either step loses nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from rabbitworker import App, TaskMessage
 from rabbitworker.errors import UnroutableError
 from rabbitworker.move import move
-from rabbitworker.transport import Browser
-from rabbitworker.wire import ATTEMPT, ORIGINAL_ROUTING_KEY, Properties, message_properties
+from rabbitworker.transport import Browser, Delivery
+from rabbitworker.wire import ATTEMPT, ORIGINAL_ROUTING_KEY, message_properties
 
 
 class Job(TaskMessage, routing_key="moves.job"):
@@ -36,12 +37,20 @@ def two_queue_app(make_app: Callable[..., App], prefix: str) -> App:
     return app
 
 
-def properties(message_id: str) -> Properties:
-    return message_properties("moves.job", message_id=message_id, headers={"x-note": "a"})
+@contextlib.asynccontextmanager
+async def held(app: App, queue: str) -> AsyncIterator[tuple[Browser, Delivery]]:
+    """A message "m1" published to `queue` and taken, unacked, until the block ends."""
+    properties = message_properties("moves.job", message_id="m1", headers={"x-note": "a"})
+    await app.transport.send("", queue, Job(n=1).model_dump_json().encode(), properties)
+    async with app.transport.browse(queue) as browser:
+        [delivery] = await browser.take()
+        yield browser, delivery
 
 
-async def ids(browser: Browser) -> list[str]:
-    return [m.message_id for m in await browser.take()]
+async def ids(app: App, queue: str) -> list[str]:
+    """The ids of the messages in `queue` (they go back when the browser closes)."""
+    async with app.transport.browse(queue) as browser:
+        return [m.message_id for m in await browser.take()]
 
 
 async def depth(app: App, queue: str) -> int:
@@ -55,15 +64,13 @@ async def test_a_move_sends_a_confirmed_copy_with_its_headers_changed_then_acks(
 ) -> None:
     app = two_queue_app(make_app, prefix)
     source, target = f"{prefix}.from", f"{prefix}.to"
+    told: list[int] = []
+
+    async def before_ack() -> None:
+        told.append(await depth(app, target))  # the copy is in before the ack
+
     async with app:
-        await app.transport.send("", source, Job(n=1).model_dump_json().encode(), properties("m1"))
-        async with app.transport.browse(source) as browser:
-            [delivery] = await browser.take()
-            told: list[int] = []
-
-            async def before_ack() -> None:
-                told.append(await depth(app, target))  # the copy is in before the ack
-
+        async with held(app, source) as (_, delivery):
             moved = await move(
                 app.transport,
                 delivery,
@@ -89,14 +96,11 @@ async def test_a_move_whose_copy_is_refused_leaves_the_original_held(
     app = two_queue_app(make_app, prefix)
     source = f"{prefix}.from"
     async with app:
-        await app.transport.send("", source, b"{}", properties("m1"))
-        async with app.transport.browse(source) as browser:
-            [delivery] = await browser.take()
+        async with held(app, source) as (_, delivery):
             with pytest.raises(UnroutableError):
                 await move(app.transport, delivery, "", f"{prefix}.nowhere")
         # Never acked: back in its queue once the browser closed.
-        async with app.transport.browse(source) as browser:
-            assert await ids(browser) == ["m1"]
+        assert await ids(app, source) == ["m1"]
 
 
 async def test_a_move_whose_ack_fails_returns_false_and_the_broker_keeps_the_original(
@@ -105,13 +109,9 @@ async def test_a_move_whose_ack_fails_returns_false_and_the_broker_keeps_the_ori
     app = two_queue_app(make_app, prefix)
     source, target = f"{prefix}.from", f"{prefix}.to"
     async with app:
-        await app.transport.send("", source, b"{}", properties("m1"))
-        async with app.transport.browse(source) as browser:
-            [delivery] = await browser.take()
+        async with held(app, source) as (browser, delivery):
             await browser.channel.close()  # type: ignore[attr-defined]  # the AMQP browser's
             assert not await move(app.transport, delivery, "", target)
         # A duplicate at worst, never a loss: the copy and the original, same id.
-        async with app.transport.browse(target) as browser:
-            assert await ids(browser) == ["m1"]
-        async with app.transport.browse(source) as browser:
-            assert await ids(browser) == ["m1"]
+        assert await ids(app, target) == ["m1"]
+        assert await ids(app, source) == ["m1"]
