@@ -47,8 +47,9 @@ class Channel(Protocol):
 
 
 class Settler(Protocol):
-    """Acknowledges deliveries on the channel they arrived on; raises the client's
-    error (or a `BrokerError`) when that channel is closed."""
+    """Acknowledges deliveries on the channel they arrived on; raises when that
+    channel is closed or the broker refuses the tag (what it raises is the
+    transport's own: callers that go on after a failed ack catch any `Exception`)."""
 
     async def ack(self, delivery: Delivery) -> None: ...
 
@@ -89,7 +90,7 @@ class Delivery:
     @property
     def channel_closed(self) -> bool:
         """Its channel is closed: its ack can no longer be sent, and the broker
-        delivers it again (a reply's channel is never closed as far as it knows)."""
+        delivers it again."""
         return self.channel.is_closed
 
     async def ack(self) -> None:
